@@ -1,0 +1,19 @@
+# Two entry points for a new user; see README.md.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+# Replays a recorded call through the AMI simulator and measures it live.
+demo: install
+	$(VENV)/bin/talkmeter demo
+
+test: install
+	$(PY) -m pytest

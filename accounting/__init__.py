@@ -1,0 +1,1 @@
+"""Contracts, rating rules and the PostgreSQL ledger."""

@@ -1,0 +1,1 @@
+"""The talkmeter service: settings, logging, CLI, task supervision. The only place that wires things."""

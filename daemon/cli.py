@@ -1,0 +1,43 @@
+"""The `talkmeter` command: one sub-command per job, each defined in its own module.
+
+Every command module exposes `register(subparsers)`, which adds its parser and sets `func`, a
+callable taking the parsed arguments and returning the exit code. Errors the user can fix
+(configuration, bad input files, an unreachable service) are printed as one line, without a
+traceback, and give exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from daemon.settings import ConfigError
+
+COMMAND_MODULES = (
+    "daemon.commands.replay",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talkmeter", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as error:
+        print(f"talkmeter: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of `talkmeter`, one module each."""

@@ -1,0 +1,92 @@
+"""Configuration: environment (`TALKMETER_*`), an optional TOML file, then defaults.
+
+Precedence, highest first: explicit overrides from the command line, environment variables,
+the TOML file given with `--config` (or `TALKMETER_CONFIG`), defaults.
+Secrets are `SecretStr` so that they print as `**********` in logs and reprs; the AMI secret may
+also come from a file (`ami_secret_file`, for systemd credentials), never from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from telephony.roles import DEFAULT_CONSULTANTS, DEFAULT_IGNORED, DEFAULT_TRUNKS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TALKMETER_", extra="forbid")
+
+    # AMI
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "talkmeter"
+    ami_secret: SecretStr | None = None
+    ami_secret_file: Path | None = None
+    ami_action_timeout: float = Field(5.0, gt=0)
+    ami_ping_interval: float = Field(10.0, gt=0)
+    ami_ping_timeout: float = Field(5.0, gt=0)
+    ami_reconnect_min: float = Field(0.5, gt=0)
+    ami_reconnect_max: float = Field(30.0, gt=0)
+    ami_auth_retry: float = Field(60.0, gt=0)
+    # Call model
+    trunk_channels: list[str] = Field(default_factory=lambda: list(DEFAULT_TRUNKS))
+    consultant_channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CONSULTANTS))
+    ignored_channels: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORED))
+    talk_debounce: float = Field(1.0, ge=0)
+    default_region: str = "RU"
+    pbx: str = "default"
+    # Storage
+    database_url: SecretStr | None = None
+    log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("TALKMETER_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    def ami_password(self) -> str:
+        """The AMI secret from `ami_secret` or, failing that, from `ami_secret_file`."""
+        if self.ami_secret is not None:
+            return self.ami_secret.get_secret_value()
+        if self.ami_secret_file is not None:
+            return self.ami_secret_file.read_text().strip()
+        raise ConfigError("no AMI secret: set TALKMETER_AMI_SECRET or TALKMETER_AMI_SECRET_FILE")
+
+    def dsn(self) -> str:
+        if self.database_url is None:
+            raise ConfigError("no database: set TALKMETER_DATABASE_URL (or database_url in the config file)")
+        return self.database_url.get_secret_value()
+
+
+class ConfigError(RuntimeError):
+    """A configuration problem the user must fix; printed without a traceback."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment and `config_file` (if given), with `overrides` on top."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+        os.environ["TALKMETER_CONFIG"] = str(config_file)
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**clean)

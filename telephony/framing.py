@@ -1,0 +1,144 @@
+"""Cutting the AMI byte stream into messages, on bytes, before any decoding.
+
+AMI is a line protocol: a message is a block of `Key: Value` lines ended by an empty line
+(`\\r\\n\\r\\n`). A session opens with a one-line banner (`Asterisk Call Manager/11.0.0`) that has no
+empty line after it, so it arrives glued to the first response.
+
+Why frame on bytes: panoramisk 1.4 decodes every TCP chunk on its own with errors ignored, so a
+UTF-8 caller name split across two reads loses characters. Here a message is decoded only once it
+is whole.
+
+Why filter before decoding: in real streams most events are VarSet, CEL, RTCP and other noise that
+the call model never reads. The event name is the first line of a frame, so a frame whose name is not
+wanted is dropped after one `startswith`-sized look, without building a dict. This is what lets the
+pipeline run well above panoramisk's own parser.
+
+Repeated headers (`ChanVariable`) keep their first value; nothing we read repeats.
+Undecodable bytes: a message that is not valid UTF-8 is decoded as CP1251 (the usual legacy
+encoding of Russian phones and trunks) rather than losing bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+BANNER_PREFIX = b"Asterisk Call Manager/"
+_END = b"\r\n\r\n"
+_EVENT = b"Event: "
+#: a frame larger than this without a terminator is garbage (Asterisk's own limit is far lower)
+MAX_FRAME_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded AMI message: an event, a response, or a session banner."""
+
+    headers: dict[str, str]
+
+    @property
+    def event(self) -> str | None:
+        return self.headers.get("Event")
+
+    @property
+    def response(self) -> str | None:
+        return self.headers.get("Response")
+
+    @property
+    def banner(self) -> str | None:
+        return self.headers.get("Banner")
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.headers.get(key, default)
+
+    @property
+    def timestamp(self) -> float | None:
+        """The `Timestamp` header as epoch seconds, or None when absent or unreadable."""
+        raw = self.headers.get("Timestamp")
+        if raw is None:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A frame that could not be read as AMI; kept (truncated) so it can be reported."""
+
+    raw: bytes
+    reason: str
+
+
+def decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1251", errors="replace")
+
+
+def parse_frame(frame: bytes) -> Message | Malformed:
+    """Parse one complete frame (without its terminating empty line)."""
+    headers: dict[str, str] = {}
+    bad_lines = 0
+    for line in decode(frame).split("\r\n"):
+        key, sep, value = line.partition(": ")
+        if not sep:
+            if line.startswith("Asterisk Call Manager/"):
+                headers.setdefault("Banner", line)
+            elif line.endswith(":") and line[:-1] and " " not in line:
+                headers.setdefault(line[:-1], "")  # `Key:` with an empty value
+            elif line.strip():
+                bad_lines += 1
+            continue
+        headers.setdefault(key, value)
+    if not headers:
+        return Malformed(frame[:200], "no 'Key: Value' lines")
+    if bad_lines and len(headers) == 0:
+        return Malformed(frame[:200], "unreadable lines")
+    return Message(headers)
+
+
+class FrameReader:
+    """Incremental AMI framer: feed it bytes as they arrive, get whole messages back.
+
+    `wanted` is the set of event names to keep; other events are dropped undecoded. Responses and
+    banners are always kept. `None` keeps everything.
+    """
+
+    def __init__(self, wanted: Iterable[str] | None = None) -> None:
+        self._buffer = b""
+        self._wanted: frozenset[bytes] | None = (
+            None if wanted is None else frozenset(name.encode() for name in wanted)
+        )
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[Message | Malformed]:
+        buffer = self._buffer + data if self._buffer else data
+        frames = buffer.split(_END)
+        self._buffer = frames.pop()
+        out: list[Message | Malformed] = []
+        if len(self._buffer) > MAX_FRAME_BYTES:
+            out.append(Malformed(self._buffer[:200], "frame too long without terminator"))
+            self._buffer = b""
+        wanted = self._wanted
+        for frame in frames:
+            frame = frame.lstrip(b"\r\n")
+            if not frame:
+                continue
+            if wanted is not None and frame.startswith(_EVENT):
+                end = frame.find(b"\r", 7)
+                name = frame[7:end] if end != -1 else frame[7:]
+                if name not in wanted:
+                    self.dropped += 1
+                    continue
+            out.append(parse_frame(frame))
+        return out
+
+    def flush(self) -> list[Message | Malformed]:
+        """Return what is left in the buffer at end of stream (a truncated last frame)."""
+        rest, self._buffer = self._buffer.strip(b"\r\n"), b""
+        if not rest:
+            return []
+        return [Malformed(rest[:200], "stream ended inside a frame")]
