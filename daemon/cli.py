@@ -15,9 +15,7 @@ from collections.abc import Sequence
 
 from daemon.settings import ConfigError
 
-COMMAND_MODULES = (
-    "daemon.commands.replay",
-)
+COMMAND_MODULES = ("daemon.commands.replay",)
 
 
 def build_parser() -> argparse.ArgumentParser:

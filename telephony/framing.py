@@ -123,8 +123,8 @@ class FrameReader:
             out.append(Malformed(self._buffer[:200], "frame too long without terminator"))
             self._buffer = b""
         wanted = self._wanted
-        for frame in frames:
-            frame = frame.lstrip(b"\r\n")
+        for raw in frames:
+            frame = raw.lstrip(b"\r\n")
             if not frame:
                 continue
             if wanted is not None and frame.startswith(_EVENT):

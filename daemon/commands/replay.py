@@ -1,0 +1,82 @@
+"""`talkmeter replay TRACE.ami`: measure the conversations of a recorded AMI capture.
+
+With `--dry-run` it prints one JSON object per finished conversation, in the order they end, and
+touches no database: the audit tool for "what would talkmeter have measured on this capture".
+Conversations still open when the capture ends are closed at their last event, `estimated: true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.settings import ConfigError, Settings, load_settings
+from telephony.calls import WANTED_EVENTS, CallTracker
+from telephony.capture import parse_timing, read_capture
+from telephony.effects import Anomaly, Conversation, ConversationEnded
+from telephony.framing import Malformed
+from telephony.roles import ChannelRoles
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("replay", help="measure the conversations of a recorded AMI capture")
+    parser.add_argument("trace", type=Path, help="raw AMI capture (.ami)")
+    parser.add_argument("--dry-run", action="store_true", help="print conversations, write nothing")
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--timing", type=Path, help="receive-time sidecar (default: TRACE.timing if present)")
+    parser.set_defaults(func=run)
+
+
+def tracker_from(settings: Settings) -> CallTracker:
+    roles = ChannelRoles(
+        trunks=tuple(settings.trunk_channels),
+        consultants=tuple(settings.consultant_channels),
+        ignored=tuple(settings.ignored_channels),
+    )
+    return CallTracker(roles, settings.talk_debounce, settings.default_region, settings.pbx)
+
+
+def measure_capture(path: Path, settings: Settings, timing_path: Path | None = None) -> list[Conversation]:
+    """All conversations of a capture, in the order they ended; anomalies go to stderr."""
+    if not path.is_file():
+        raise ConfigError(f"no such capture: {path}")
+    sidecar = timing_path or path.with_name(path.name + ".timing")
+    timing = parse_timing(sidecar.read_text().splitlines()) if sidecar.is_file() else None
+    tracker = tracker_from(settings)
+    finished: list[Conversation] = []
+    for message, received_at in read_capture(path.read_bytes(), timing, WANTED_EVENTS):
+        if isinstance(message, Malformed):
+            print(
+                f"talkmeter: skipped malformed frame ({message.reason}): {message.raw[:80]!r}",
+                file=sys.stderr,
+            )
+            continue
+        for effect in tracker.feed(message, received_at):
+            _collect(effect, finished)
+    for effect in tracker.close_all():
+        _collect(effect, finished)
+    return finished
+
+
+def _collect(effect: object, finished: list[Conversation]) -> None:
+    if isinstance(effect, ConversationEnded):
+        finished.append(effect.conversation)
+    elif isinstance(effect, Anomaly) and effect.kind == "no_timestamp":
+        print(f"talkmeter: warning: {effect.detail}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    conversations = measure_capture(args.trace, settings, args.timing)
+    if not args.dry_run:
+        return _write(conversations, settings)
+    for conversation in conversations:
+        print(json.dumps(conversation.to_json(), ensure_ascii=False), flush=True)
+    return 0
+
+
+def _write(conversations: list[Conversation], settings: Settings) -> int:
+    raise ConfigError("replay without --dry-run needs the accounting store, which is not wired yet")
