@@ -1,0 +1,621 @@
+"""An AMI server that replays a recorded trace: for tests, and for users without a PBX.
+
+Theory of operation
+-------------------
+A trace (`tests/traces/*.ami`) is the byte stream an AMI client received. Loading it keeps every
+event frame byte-exact and drops what belonged to the recording session itself: the banner, the
+login response, the recorded `FullyBooted` and the final `Goodbye`. The recorder's marker line
+(`##### AMI-RECORDER MARKER ... #####`, where it dropped its connection) becomes a `DROP` cue.
+
+The simulator plays the part of the PBX, not of a tape recorder: there is one timeline (the
+"replay"), and it runs whether or not anybody listens. A client that is logged in receives the
+events emitted while it is; what happens while it is away is lost, exactly as with Asterisk. So
+that tests are deterministic, the replay starts when the first client logs in, and after a drop it
+waits for the next login (`pause_after_drop`) before going on.
+
+Each event is due at `(its time - first time) / speed` after the start (`speed=0`: as fast as the
+socket takes it). Its time is its `Timestamp` header, or for traces recorded without one the
+receive time from the `.ami.timing` sidecar.
+
+While replaying, the simulator keeps the channels and bridges that exist at the current position
+(Newchannel/Newstate/Rename/Hangup, BridgeCreate/Enter/Leave/Merge/Destroy), so `CoreShowChannels`
+and `BridgeList` answer, as Asterisk does, with an event list describing the present.
+
+Faults on cue, for the connection tests: drop every connection (`drop_now`, `drop_after`, markers),
+stall (stop sending and stop answering, TCP left open: a half-open link), refuse logins, refuse
+chosen actions (`deny_actions`, answered `Permission denied`), and split writes at chosen byte
+positions (`split_writes`) to put a multibyte character across two TCP reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from telephony.framing import BANNER_PREFIX, parse_frame
+
+log = structlog.get_logger("telephony.simulator")
+
+BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+_END = b"\r\n\r\n"
+_MARKER = b"#####"
+#: events whose headers the simulator reads to know which channels and bridges exist
+STATE_EVENTS = frozenset(
+    {
+        "Newchannel", "Newstate", "NewCallerid", "NewConnectedLine", "Newexten", "Rename", "Hangup",
+        "BridgeCreate", "BridgeEnter", "BridgeLeave", "BridgeMerge", "BridgeDestroy",
+    }
+)  # fmt: skip
+_CHANNEL_FIELDS = (
+    "Channel", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName", "ConnectedLineNum",
+    "ConnectedLineName", "Language", "AccountCode", "Context", "Exten", "Priority", "Uniqueid", "Linkedid",
+)  # fmt: skip
+_BRIDGE_FIELDS = (
+    "BridgeType", "BridgeTechnology", "BridgeCreator", "BridgeName", "BridgeVideoSourceMode",
+)  # fmt: skip
+
+
+# --- traces -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One event frame as recorded (terminator included), with the time it happened."""
+
+    raw: bytes
+    at: float
+    name: str
+    headers: dict[str, str] | None = None  # parsed only for STATE_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The recorder's connection ended here: the simulator drops its clients."""
+
+    at: float
+
+
+TraceItem = TraceEvent | Drop
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    items: tuple[TraceItem, ...]
+
+    @property
+    def events(self) -> list[TraceEvent]:
+        return [item for item in self.items if isinstance(item, TraceEvent)]
+
+
+def load_trace(path: Path | str) -> Trace:
+    """Read a recorded `.ami` file (and its `.ami.timing` sidecar when there is one)."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".timing")
+    timing = _read_timing(sidecar) if sidecar.is_file() else None
+    return parse_trace(path.read_bytes(), timing)
+
+
+def _read_timing(path: Path) -> list[tuple[int, int, float]]:
+    chunks = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            chunks.append((int(row["off"]), int(row["len"]), float(row["wall"])))
+    return chunks
+
+
+def parse_trace(data: bytes, timing: Sequence[tuple[int, int, float]] | None = None) -> Trace:
+    """Cut raw AMI bytes into replayable items. `timing` is (offset, length, epoch) per received chunk."""
+    items: list[TraceItem] = []
+    last_at = 0.0
+    for start, end in _frame_spans(data):
+        body = data[start:end].lstrip(b"\r\n")
+        if body.startswith(_MARKER):
+            _marker, _, body = body.partition(b"\r\n")
+            items.append(Drop(last_at))
+        if body.startswith(BANNER_PREFIX):
+            body = body.partition(b"\r\n")[2]
+        if not body.strip(b"\r\n") or body.startswith((b"Response:", b"Event: FullyBooted\r")):
+            continue
+        name = _event_name(body)
+        at = _timestamp(body)
+        if at is None and timing is not None:
+            at = _chunk_time(timing, end - 1)
+        last_at = at if at is not None else last_at
+        headers = _headers(body) if name in STATE_EVENTS else None
+        items.append(TraceEvent(body, last_at, name, headers))
+    return Trace(tuple(items))
+
+
+def events_trace(frames: Iterable[bytes], *, start: float = 1_000_000_000.0, step: float = 0.0) -> Trace:
+    """A trace made from frames built in a test (each `Key: Value` block, with or without terminator)."""
+    raw = b"".join(frame if frame.endswith(_END) else frame.rstrip(b"\r\n") + _END for frame in frames)
+    trace = parse_trace(raw)
+    items = tuple(
+        TraceEvent(item.raw, start + index * step, item.name, item.headers)
+        if isinstance(item, TraceEvent) and _timestamp(item.raw) is None
+        else item
+        for index, item in enumerate(trace.items)
+    )
+    return Trace(items)
+
+
+def _frame_spans(data: bytes) -> Iterable[tuple[int, int]]:
+    position = 0
+    while position < len(data):
+        found = data.find(_END, position)
+        end = len(data) if found == -1 else found + len(_END)
+        yield position, end
+        position = end
+
+
+def _event_name(body: bytes) -> str:
+    if not body.startswith(b"Event: "):
+        return ""
+    end = body.find(b"\r", 7)
+    return body[7:end].decode("utf-8", "replace")
+
+
+def _timestamp(body: bytes) -> float | None:
+    found = body.find(b"\r\nTimestamp: ")
+    if found == -1:
+        return None
+    end = body.find(b"\r", found + 13)
+    try:
+        return float(body[found + 13 : end])
+    except ValueError:
+        return None
+
+
+def _chunk_time(timing: Sequence[tuple[int, int, float]], offset: int) -> float | None:
+    # A frame is dated by the chunk that holds its last byte (see tests/traces/README.md).
+    for chunk_offset, length, wall in timing:
+        if chunk_offset <= offset < chunk_offset + length:
+            return wall
+    return None
+
+
+def _headers(body: bytes) -> dict[str, str]:
+    message = parse_frame(body.rstrip(b"\r\n"))
+    return dict(message.headers) if hasattr(message, "headers") else {}
+
+
+# --- what exists at the replay position ------------------------------------------------------------
+
+
+@dataclass
+class _Channel:
+    fields: dict[str, str]
+    created_at: float
+    application: str = ""
+    application_data: str = ""
+    bridge: str = ""
+
+
+@dataclass
+class _Bridge:
+    fields: dict[str, str]
+    members: set[str] = field(default_factory=set)
+
+
+class PbxState:
+    """Channels and bridges alive after the events replayed so far (keyed by Uniqueid / BridgeUniqueid)."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, _Channel] = {}
+        self.bridges: dict[str, _Bridge] = {}
+
+    def apply(self, event: TraceEvent) -> None:
+        headers = event.headers
+        if headers is None:
+            return
+        handler = getattr(self, "on_" + event.name.lower(), None)
+        if handler is not None:
+            handler(headers, event.at)
+
+    def on_newchannel(self, h: dict[str, str], at: float) -> None:
+        fields = {key: h.get(key, "") for key in _CHANNEL_FIELDS}
+        self.channels[h.get("Uniqueid", "")] = _Channel(fields, at)
+
+    def _update(self, h: dict[str, str], keys: Iterable[str]) -> _Channel | None:
+        channel = self.channels.get(h.get("Uniqueid", ""))
+        if channel is not None:
+            for key in keys:
+                if key in h:
+                    channel.fields[key] = h[key]
+        return channel
+
+    def on_newstate(self, h: dict[str, str], at: float) -> None:
+        self._update(h, _CHANNEL_FIELDS)
+
+    on_newcallerid = on_newstate
+    on_newconnectedline = on_newstate
+
+    def on_newexten(self, h: dict[str, str], at: float) -> None:
+        channel = self._update(h, ("Context", "Exten", "Priority"))
+        if channel is not None:
+            channel.application = h.get("Application", channel.application)
+            channel.application_data = h.get("AppData", channel.application_data)
+
+    def on_rename(self, h: dict[str, str], at: float) -> None:
+        channel = self.channels.get(h.get("Uniqueid", ""))
+        if channel is not None and h.get("Newname"):
+            channel.fields["Channel"] = h["Newname"]
+
+    def on_hangup(self, h: dict[str, str], at: float) -> None:
+        channel = self.channels.pop(h.get("Uniqueid", ""), None)
+        if channel is not None and channel.bridge in self.bridges:
+            self.bridges[channel.bridge].members.discard(h.get("Uniqueid", ""))
+
+    def on_bridgecreate(self, h: dict[str, str], at: float) -> None:
+        fields = {key: h.get(key, "") for key in _BRIDGE_FIELDS}
+        self.bridges[h.get("BridgeUniqueid", "")] = _Bridge(fields)
+
+    def on_bridgeenter(self, h: dict[str, str], at: float) -> None:
+        bridge_id, uniqueid = h.get("BridgeUniqueid", ""), h.get("Uniqueid", "")
+        bridge = self.bridges.setdefault(bridge_id, _Bridge({key: h.get(key, "") for key in _BRIDGE_FIELDS}))
+        bridge.members.add(uniqueid)
+        channel = self._update(h, _CHANNEL_FIELDS)
+        if channel is not None:
+            channel.bridge = bridge_id
+
+    def on_bridgeleave(self, h: dict[str, str], at: float) -> None:
+        bridge = self.bridges.get(h.get("BridgeUniqueid", ""))
+        if bridge is not None:
+            bridge.members.discard(h.get("Uniqueid", ""))
+        channel = self._update(h, _CHANNEL_FIELDS)
+        if channel is not None:
+            channel.bridge = ""
+
+    def on_bridgemerge(self, h: dict[str, str], at: float) -> None:
+        # Asterisk moves the members without a BridgeLeave/BridgeEnter of their own.
+        source = self.bridges.get(h.get("FromBridgeUniqueid", ""))
+        target_id = h.get("ToBridgeUniqueid", "")
+        target = self.bridges.get(target_id)
+        if source is None or target is None:
+            return
+        for uniqueid in source.members:
+            target.members.add(uniqueid)
+            if uniqueid in self.channels:
+                self.channels[uniqueid].bridge = target_id
+        source.members.clear()
+
+    def on_bridgedestroy(self, h: dict[str, str], at: float) -> None:
+        self.bridges.pop(h.get("BridgeUniqueid", ""), None)
+
+    def core_show_channels(self, action_id: str, now: float) -> list[bytes]:
+        """The `CoreShowChannel` list items, as Asterisk formats them (no Timestamp on list items)."""
+        frames = []
+        for channel in self.channels.values():
+            headers = [("Event", "CoreShowChannel"), ("ActionID", action_id), *channel.fields.items()]
+            headers += [
+                ("Application", channel.application),
+                ("ApplicationData", channel.application_data),
+                ("Duration", _duration(now - channel.created_at)),
+                ("BridgeId", channel.bridge),
+            ]
+            frames.append(_frame(headers))
+        return frames
+
+    def bridge_list(self, action_id: str) -> list[bytes]:
+        frames = []
+        for bridge_id, bridge in self.bridges.items():
+            headers = [("Event", "BridgeListItem"), ("ActionID", action_id), ("BridgeUniqueid", bridge_id)]
+            headers += [*bridge.fields.items(), ("BridgeNumChannels", str(len(bridge.members)))]
+            frames.append(_frame(headers))
+        return frames
+
+
+def _duration(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _frame(headers: Iterable[tuple[str, str]]) -> bytes:
+    return "".join(f"{key}: {value}\r\n" for key, value in headers).encode() + b"\r\n"
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+class _Client:
+    """One TCP session with the simulator."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.logged_in = False
+        self.stalled = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if not (self.stalled or self.closed or self.writer.is_closing()):
+            self.writer.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+Splitter = Callable[[bytes], Sequence[int]]
+
+
+class AmiSimulator:
+    """A replaying AMI server on `host`:`port` (port 0 picks a free one; read `.port` after `start()`).
+
+    `secret=None` accepts any secret for `user` (the demo's choice).
+    """
+
+    def __init__(
+        self,
+        trace: Trace,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        user: str = "talkmeter",
+        secret: str | None = "secret",
+        speed: float = 1.0,
+        drop_at_markers: bool = True,
+        pause_after_drop: bool = True,
+        start_on_login: bool = True,
+    ) -> None:
+        self.trace = trace
+        self.host, self.port = host, port
+        self.user, self.secret = user, secret
+        self.speed = speed
+        self.drop_at_markers = drop_at_markers
+        self.pause_after_drop = pause_after_drop
+        self.start_on_login = start_on_login
+        # faults, settable at any time
+        self.refuse_logins = False
+        self.deny_actions: set[str] = set()
+        self.split_writes: Splitter | None = None
+        self.split_pause = 0.02
+        self.cues: dict[int, str] = {}  # event index (after it is sent) -> "drop" | "stall"
+        # observations, for tests
+        self.login_attempts: list[float] = []
+        self.actions: list[bytes] = []
+        self.sent_events = 0
+        self.state = PbxState()
+        self.finished = asyncio.Event()
+        self._clients: set[_Client] = set()
+        self._server: asyncio.Server | None = None
+        self._replay: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._grace: asyncio.TimerHandle | None = None
+        self.ready_grace = 0.5
+        self._trace_now = trace.items[0].at if trace.items else 0.0
+
+    # lifecycle
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("simulator.listening", host=self.host, port=self.port, events=len(self.trace.items))
+
+    async def stop(self) -> None:
+        if self._replay is not None:
+            self._replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replay
+        for client in list(self._clients):
+            client.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> AmiSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def start_replay(self) -> None:
+        if self._replay is None:
+            self._replay = asyncio.create_task(self._run_replay(), name="simulator-replay")
+
+    # faults
+
+    def drop_now(self) -> None:
+        """Close every client connection (FIN), as a PBX restart or a recorder drop would."""
+        for client in list(self._clients):
+            client.close()
+
+    def stall(self) -> None:
+        """Current clients get nothing more and no answers; their TCP connections stay open."""
+        for client in self._clients:
+            client.stalled = True
+
+    def drop_after(self, events: int) -> None:
+        self.cues[events] = "drop"
+
+    def stall_after(self, events: int) -> None:
+        self.cues[events] = "stall"
+
+    @property
+    def clients(self) -> int:
+        return sum(1 for client in self._clients if client.logged_in and not client.closed)
+
+    # the replay
+
+    async def _run_replay(self) -> None:
+        loop = asyncio.get_running_loop()
+        origin = loop.time()
+        first = self._trace_now
+        await self._ready.wait()
+        origin = loop.time()
+        for item in self.trace.items:
+            if isinstance(item, Drop):
+                if self.drop_at_markers:
+                    origin += await self._drop_and_wait()
+                continue
+            if self.speed > 0:
+                delay = origin + (item.at - first) / self.speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            self._trace_now = item.at
+            self.state.apply(item)
+            await self._broadcast(item.raw)
+            self.sent_events += 1
+            cue = self.cues.get(self.sent_events)
+            if cue == "drop":
+                origin += await self._drop_and_wait()
+            elif cue == "stall":
+                self.stall()
+        self.finished.set()
+        log.info("simulator.trace_done", events=self.sent_events)
+
+    async def _drop_and_wait(self) -> float:
+        """Drop everybody; with `pause_after_drop`, wait for the next login. Returns the time paused."""
+        log.info("simulator.drop", clients=self.clients)
+        self.drop_now()
+        if not self.pause_after_drop:
+            return 0.0
+        started = time.monotonic()
+        self._set_ready(False)
+        await self._ready.wait()
+        return time.monotonic() - started
+
+    async def _broadcast(self, raw: bytes) -> None:
+        receivers = [client for client in self._clients if client.logged_in]
+        if self.split_writes is not None:
+            for client in receivers:
+                await self._write_split(client, raw, self.split_writes(raw))
+            return
+        for client in receivers:
+            client.write(raw)
+            if client.writer.transport.get_write_buffer_size() > 1 << 20:
+                with contextlib.suppress(ConnectionError):
+                    await client.writer.drain()
+        if self.speed == 0 and self.sent_events % 256 == 0:
+            await asyncio.sleep(0)  # let the clients (same loop in tests) read
+
+    async def _write_split(self, client: _Client, raw: bytes, cuts: Sequence[int]) -> None:
+        # Separate writes with a pause between them, so the pieces arrive in separate TCP reads.
+        previous = 0
+        for cut in [*sorted(cuts), len(raw)]:
+            client.write(raw[previous:cut])
+            with contextlib.suppress(ConnectionError):
+                await client.writer.drain()
+            if cut < len(raw):
+                await asyncio.sleep(self.split_pause)
+            previous = cut
+
+    def _set_ready(self, ready: bool) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def now(self) -> float:
+        """The replay's current time on the trace's clock."""
+        return self._trace_now
+
+    # one client
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer)
+        self._clients.add(client)
+        try:
+            client.write(BANNER)
+            buffer = b""
+            while not client.closed:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                buffer += data
+                *frames, buffer = buffer.split(_END)
+                for frame in frames:
+                    if frame.strip(b"\r\n"):
+                        self._answer(client, frame.strip(b"\r\n"))
+        except ConnectionError:
+            pass
+        finally:
+            self._clients.discard(client)
+            client.close()
+
+    def _answer(self, client: _Client, frame: bytes) -> None:
+        self.actions.append(frame)
+        if client.stalled:
+            return  # half-open: the request vanishes
+        headers = _action_headers(frame)
+        action = headers.get("action", "").lower()
+        action_id = headers.get("actionid", "")
+        if action == "login":
+            self._on_login(client, headers, action_id)
+            return
+        if client.logged_in:
+            self._set_ready(True)  # the replay task runs after this answer is written
+        if not client.logged_in or action in {name.lower() for name in self.deny_actions}:
+            client.write(_response("Error", action_id, "Permission denied"))
+        elif action == "logoff":
+            client.write(_response("Goodbye", action_id, "Thanks for all the fish."))
+            client.close()
+        elif action == "ping":
+            client.write(_frame([("Response", "Success"), ("ActionID", action_id), ("Ping", "Pong"),
+                                 ("Timestamp", f"{self.now():.6f}")]))  # fmt: skip
+        elif action == "coreshowchannels":
+            self._send_list(client, action_id, "CoreShowChannels", "Channels will follow",
+                            self.state.core_show_channels(action_id, self.now()))  # fmt: skip
+        elif action == "bridgelist":
+            self._send_list(client, action_id, "BridgeList", "Bridge listing will follow",
+                            self.state.bridge_list(action_id))  # fmt: skip
+        else:
+            message = f"Invalid/unknown command: {headers.get('action', '')}."
+            client.write(_response("Error", action_id, message))
+
+    def _on_login(self, client: _Client, headers: dict[str, str], action_id: str) -> None:
+        self.login_attempts.append(time.monotonic())
+        user_ok = headers.get("username") == self.user
+        secret_ok = self.secret is None or headers.get("secret") == self.secret
+        if self.refuse_logins or not (user_ok and secret_ok):
+            # Asterisk answers and then closes the session.
+            client.write(_response("Error", action_id, "Authentication failed"))
+            client.close()
+            return
+        client.write(_response("Success", action_id, "Authentication accepted"))
+        client.write(_frame([("Event", "FullyBooted"), ("Privilege", "system,all"), ("Uptime", "1"),
+                             ("LastReload", "1"), ("Status", "Fully Booted")]))  # fmt: skip
+        client.logged_in = True
+        # The replay (re)starts once the client has asked its first question after login (its
+        # resync, normally), or after a grace period: deterministic tests at any speed.
+        if not self._ready.is_set() and self._grace is None:
+            self._grace = asyncio.get_running_loop().call_later(self.ready_grace, self._set_ready, True)
+        if self.start_on_login:
+            self.start_replay()
+
+    def _send_list(
+        self, client: _Client, action_id: str, action: str, message: str, items: list[bytes]
+    ) -> None:
+        client.write(_frame([("Response", "Success"), ("ActionID", action_id), ("EventList", "start"),
+                             ("Message", message)]))  # fmt: skip
+        for item in items:
+            client.write(item)
+        complete = "CoreShowChannelsComplete" if action == "CoreShowChannels" else "BridgeListComplete"
+        client.write(_frame([("Event", complete), ("ActionID", action_id), ("EventList", "Complete"),
+                             ("ListItems", str(len(items)))]))  # fmt: skip
+
+
+def _action_headers(frame: bytes) -> dict[str, str]:
+    """Action headers with lower-case keys (AMI action keys are case-insensitive)."""
+    headers: dict[str, str] = {}
+    for line in frame.decode("utf-8", "replace").split("\r\n"):
+        key, sep, value = line.partition(":")
+        if sep:
+            headers.setdefault(key.strip().lower(), value.strip())
+    return headers
+
+
+def _response(kind: str, action_id: str, message: str) -> bytes:
+    return _frame([("Response", kind), ("ActionID", action_id), ("Message", message)])
