@@ -97,11 +97,15 @@ class Snapshot:
     """The PBX's present as listed after a (re)login: CoreShowChannel and BridgeListItem events.
 
     `at` is when the lists were requested (receive clock of the shell, or the PBX's if known).
+    `lost_at` is the last moment the previous session was known alive (its last event or answered
+    ping): calls that ended unseen during the outage are closed there, flagged estimated. Without
+    it, the last event the model saw is used.
     """
 
     at: float
     channels: list[Message]
     bridges: list[Message] = field(default_factory=list)
+    lost_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -208,7 +212,9 @@ class CallTracker:
     def resync(self, snapshot: Snapshot) -> list[Effect]:
         """Reconcile with the PBX's present after a (re)connect."""
         effects: list[Effect] = []
-        lost_at = self._now if self._now != float("-inf") else snapshot.at
+        lost_at = max(self._now, snapshot.lost_at or float("-inf"))
+        if lost_at == float("-inf"):
+            lost_at = snapshot.at
         at = max(snapshot.at, self._now)
         self._now = at
         self._flush_debounced(at, effects)

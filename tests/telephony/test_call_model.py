@@ -1,0 +1,509 @@
+"""Scenarios of the call model that the recorded traces do not cover (DOMAIN.md, edge cases)."""
+
+from __future__ import annotations
+
+import pytest
+
+from telephony.calls import CallTracker, Snapshot
+from telephony.effects import (
+    Anomaly,
+    ConversationStarted,
+    HoldStarted,
+    HoldStopped,
+    TalkStarted,
+    TalkStopped,
+)
+from telephony.roles import ChannelRoles
+
+from .scenario import Pbx, one, run, shape
+
+
+def answered_by_101(pbx: Pbx) -> tuple[object, object, str]:
+    client = pbx.client_calls()
+    pbx.answer(client)
+    pbx.after(3)
+    agent = pbx.consultant("101", 2)
+    pbx.dial(client, agent)
+    pbx.state(agent, "Ringing")
+    pbx.after(2)
+    bridge = pbx.connect(agent, client)
+    return client, agent, bridge
+
+
+def test_queue_wait_and_ringing_are_not_talk() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(10)
+    pbx.hangup(client, agent)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 10.0, False)]
+    assert conversation.wait_seconds == pytest.approx(5.0)
+
+
+def test_queue_member_behind_local_channels_without_optimisation() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    pbx.answer(client)
+    pbx.after(1)
+    one_half, two_half = pbx.local_pair("Local/101@agents-00000001")
+    agent = pbx.consultant("101", 3)
+    pbx.after(2)
+    pbx.answer(agent, two_half, one_half)
+    agent_bridge = pbx.bridge()
+    pbx.enter(agent_bridge, agent, two_half)
+    client_bridge = pbx.bridge()
+    pbx.enter(client_bridge, one_half, client)
+    pbx.after(7)
+    pbx.hangup(agent, two_half, one_half, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 7.0, False)]
+    assert conversation.consultants == ["101"]
+
+
+def test_local_optimisation_swaps_channels_without_splitting_talk() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    pbx.answer(client)
+    one_half, two_half = pbx.local_pair("Local/101@agents-00000001")
+    agent = pbx.consultant("101", 3)
+    pbx.answer(agent, two_half, one_half)
+    agent_bridge = pbx.bridge()
+    pbx.enter(agent_bridge, agent, two_half)
+    client_bridge = pbx.bridge()
+    pbx.enter(client_bridge, one_half, client)
+    pbx.after(4)
+    # Optimisation: the agent leaves its bridge and takes ;1's place in the client's bridge.
+    pbx.leave(agent_bridge, agent)
+    pbx.after(0.000_05)
+    pbx.enter(client_bridge, agent, swap=one_half)
+    pbx.leave(client_bridge, one_half)
+    pbx.hangup(one_half, two_half)
+    pbx.after(6)
+    pbx.hangup(agent, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 10.0, False)]
+
+
+def test_two_attended_transfers_chain_local_pairs() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    a1, a2 = pbx.local_pair("Local/102@consultants-00000001")
+    b1, b2 = pbx.local_pair("Local/103@consultants-00000002")
+    agent = pbx.consultant("103", 9)
+    pbx.answer(client, a1, a2, b1, b2)
+    pbx.after(1)
+    pbx.connect(client, a1)
+    pbx.connect(a2, b1)
+    pbx.after(2)
+    pbx.connect(b2, agent)  # only now does a consultant sit at the end of the chain
+    pbx.after(5)
+    pbx.hangup(agent)
+    pbx.after(3)
+    pbx.hangup(b2, b1, a2, a1, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("103", 5.0, False)]
+
+
+def test_blind_transfer_ringing_is_not_talk_but_short_gaps_are() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(4)
+    pbx.unhold(agent)  # Asterisk sends an Unhold with no Hold on every blind transfer
+    pbx.leave(bridge, client)
+    pbx.hangup(agent)
+    colleague = pbx.consultant("102", 5)
+    pbx.state(colleague, "Ringing")
+    pbx.after(3)
+    second = pbx.connect(colleague, client)
+    pbx.after(2)
+    pbx.leave(second, client)  # a 0.4 s hop between bridges is absorbed
+    pbx.after(0.4)
+    pbx.enter(second, client)
+    pbx.after(2.6)
+    pbx.hangup(colleague, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 4.0, False), ("102", 5.0, False)]
+    assert conversation.consultants == ["101", "102"]
+
+
+@pytest.mark.parametrize(("debounce", "segments"), [(1.0, 1), (0.3, 2), (0.0, 2)])
+def test_debounce_is_configurable(debounce: float, segments: int) -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(2)
+    pbx.leave(bridge, client)
+    pbx.after(0.5)
+    pbx.enter(bridge, client)
+    pbx.after(2)
+    pbx.hangup(client, agent)
+    conversation = one(pbx.events, CallTracker(debounce=debounce))
+    assert len(conversation.segments) == segments
+    expected = 4.5 if segments == 1 else 4.0
+    assert conversation.talk_seconds == pytest.approx(expected)
+
+
+def test_blonde_transfer_hold_ends_when_the_transferer_hangs_up_before_the_answer() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(3)
+    pbx.hold(agent)  # Atxfer: client on hold, 101 dials 102 through a Local pair
+    one_half, two_half = pbx.local_pair("Local/102@consultants-00000001")
+    pbx.leave(bridge, agent)
+    consult = pbx.bridge()
+    pbx.enter(consult, agent, one_half)
+    colleague = pbx.consultant("102", 7)
+    pbx.state(colleague, "Ringing")
+    pbx.after(2)
+    # 101 hangs up while 102 still rings: ;1 joins the client (DestType App/Link), no answer yet.
+    pbx.leave(consult, one_half)
+    pbx.enter(bridge, one_half)
+    pbx.hangup(agent)
+    pbx.after(4)
+    pbx.answer(colleague, two_half, one_half)
+    pbx.connect(two_half, colleague)
+    pbx.after(5)
+    pbx.hangup(colleague, two_half, one_half, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 3.0, False), ("101", 2.0, True), ("102", 5.0, False)]
+    assert conversation.hold_seconds == pytest.approx(2.0)
+
+
+def test_parking_and_holding_bridges_are_never_talk() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(3)
+    pbx.leave(bridge, client, agent)
+    lot = pbx.bridge("holding_bridge", "parking")
+    pbx.enter(lot, client)
+    pbx.enter(lot, agent)  # even a consultant in the same holding bridge does not talk
+    pbx.after(30)
+    pbx.leave(lot, client, agent)
+    pbx.after(0.5)
+    pbx.connect(client, agent)
+    pbx.after(4)
+    pbx.hangup(client, agent)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 3.0, False), ("101", 4.0, False)]
+
+
+def test_conference_with_announcer_and_two_consultants() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    first = pbx.consultant("101", 2)
+    second = pbx.consultant("102", 3)
+    announcer = pbx.channel("CBAnn/support-00000001", "Up")
+    pbx.answer(client, first, second)
+    conference = pbx.bridge("softmix", "base")
+    pbx.enter(conference, announcer, client)
+    pbx.after(5)  # only the announcer: not talk
+    pbx.enter(conference, first)
+    pbx.after(4)
+    pbx.enter(conference, second)
+    pbx.after(3)
+    pbx.leave(conference, first)
+    pbx.after(2)
+    pbx.hangup(second, client, announcer)
+    conversation = one(pbx.events)
+    assert conversation.consultants == ["101", "102"]
+    assert conversation.talk_seconds == pytest.approx(9.0)
+    assert shape(conversation) == [("101", 7.0, False), ("102", 2.0, False)]
+
+
+def test_pickup_by_another_consultant() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    pbx.answer(client)
+    ringing = pbx.consultant("101", 2)
+    pbx.dial(client, ringing)
+    pbx.state(ringing, "Ringing")
+    pbx.after(3)
+    picker = pbx.channel("PJSIP/103-00000005", "Up", "103")
+    pbx.emit("Pickup", picker, TargetChannel=ringing.name)
+    pbx.hangup(ringing)
+    pbx.connect(client, picker)
+    pbx.after(6)
+    pbx.hangup(picker, client)
+    conversation = one(pbx.events)
+    assert conversation.consultants == ["103"]
+    assert shape(conversation) == [("103", 6.0, False)]
+
+
+def test_rename_keeps_the_conversation_on_its_uniqueid() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(2)
+    pbx.rename(client, "PJSIP/trunk-00000001<MASQ>")
+    pbx.rename(agent, "PJSIP/104-00000010")  # masquerade: the talking channel is now 104's
+    pbx.after(3)
+    pbx.hangup(client, agent)
+    conversation = one(pbx.events)
+    assert conversation.talk_seconds == pytest.approx(5.0)
+    assert conversation.consultants == ["101", "104"]
+
+
+def test_uniqueids_with_a_system_name_prefix() -> None:
+    pbx = Pbx(system="pbx-msk-1")
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(3)
+    pbx.hangup(client, agent)
+    conversation = one(pbx.events, CallTracker(pbx="msk"))
+    assert conversation.conversation_id == f"msk:{client.uniqueid}"
+    assert conversation.conversation_id.startswith("msk:pbx-msk-1-")
+
+
+def test_hold_by_the_client_and_by_the_consultant() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(2)
+    pbx.hold(client)
+    pbx.after(3)
+    pbx.unhold(client)
+    pbx.after(1)
+    pbx.hold(agent)
+    pbx.after(4)
+    pbx.unhold(agent)
+    pbx.after(1)
+    pbx.hangup(client, agent)
+    conversation, effects = run(pbx.events)
+    (conversation,) = conversation
+    assert shape(conversation) == [
+        ("101", 2.0, False),
+        ("101", 3.0, True),
+        ("101", 1.0, False),
+        ("101", 4.0, True),
+        ("101", 1.0, False),
+    ]
+    assert [type(e) for e in effects if isinstance(e, HoldStarted | HoldStopped)] == [
+        HoldStarted,
+        HoldStopped,
+        HoldStarted,
+        HoldStopped,
+    ]
+    holders = [e.by for e in effects if isinstance(e, HoldStarted)]
+    assert holders == [None, "101"]
+
+
+def test_hold_while_waiting_in_the_queue_is_not_counted() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    pbx.answer(client)
+    pbx.hold(client)
+    pbx.after(10)
+    pbx.unhold(client)
+    pbx.hangup(client)
+    conversation = one(pbx.events)
+    assert conversation.talk_seconds == 0.0
+    assert conversation.answered_at is None
+
+
+def test_hold_ends_when_the_holding_consultant_hangs_up() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(2)
+    pbx.hold(agent)
+    pbx.after(3)
+    pbx.hangup(agent)
+    pbx.after(20)  # the client listens to silence until it gives up: not talk, not hold
+    pbx.hangup(client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 2.0, False), ("101", 3.0, True)]
+
+
+def test_outbound_call_answered_and_unanswered() -> None:
+    pbx = Pbx()
+    agent = pbx.channel("PJSIP/102-00000001", "Ring", "102", "+74957654321")
+    trunk = pbx.channel("PJSIP/trunk-00000002", "Down", "<unknown>", "s")
+    pbx.callerid(trunk, "+74957654321")
+    pbx.dial(agent, trunk)
+    pbx.state(trunk, "Ringing")
+    pbx.after(3)
+    pbx.connect(trunk, agent)
+    pbx.after(6)
+    pbx.hangup(agent, trunk)
+    unanswered = pbx.channel("PJSIP/trunk-00000003", "Down", "<unknown>", "s")
+    pbx.callerid(unanswered, "89161234567")
+    pbx.after(20)
+    pbx.emit("Hangup", unanswered, Cause="19")
+    first, second = run(pbx.events)[0]
+    assert (first.direction, first.client_number, first.line) == ("outbound", "+74957654321", None)
+    assert shape(first) == [("102", 6.0, False)]
+    assert first.wait_seconds is None
+    assert (second.client_number, second.talk_seconds, second.answered_at) == ("+79161234567", 0.0, None)
+
+
+def test_originate_through_a_local_channel() -> None:
+    """Click-to-dial: a Local pair rings the consultant, then dials the client out."""
+    pbx = Pbx()
+    one_half, two_half = pbx.local_pair("Local/101@click-00000001")
+    agent = pbx.consultant("101", 3)
+    pbx.dial(None, agent)
+    pbx.answer(agent, one_half)
+    pbx.connect(agent, one_half)
+    trunk = pbx.channel("PJSIP/trunk-00000004", "Down", "+74951234567", "s")
+    pbx.dial(two_half, trunk)
+    pbx.after(4)
+    pbx.answer(trunk, two_half)
+    pbx.connect(two_half, trunk)
+    pbx.after(8)
+    pbx.hangup(trunk, two_half, one_half, agent)
+    conversation = one(pbx.events)
+    assert conversation.direction == "outbound"
+    assert shape(conversation) == [("101", 8.0, False)]
+
+
+def test_snoop_and_external_forwarding_are_not_consultants() -> None:
+    pbx = Pbx()
+    client = pbx.client_calls()
+    forwarded = pbx.channel("PJSIP/trunk-00000009", "Down", "+79990001122", "s")
+    spy = pbx.channel("Snoop/PJSIP/trunk-00000001-00000001", "Up")
+    pbx.dial(client, forwarded)
+    pbx.connect(client, forwarded, spy)
+    pbx.after(30)
+    pbx.hangup(spy, forwarded, client)
+    conversations, _ = run(pbx.events)
+    assert [c.talk_seconds for c in conversations] == [0.0, 0.0]
+    assert [c.direction for c in conversations] == ["outbound", "inbound"]
+
+
+def test_withheld_and_garbage_caller_ids() -> None:
+    pbx = Pbx()
+    for n, raw in enumerate(["anonymous", "<unknown>", "", "abc!!#", "8 (495) 123-45-67"], 1):
+        client = pbx.client_calls(raw, n=n)
+        pbx.after(1)
+        pbx.hangup(client)
+    conversations, _ = run(pbx.events)
+    assert [c.client_number for c in conversations] == [None, None, None, None, "+74951234567"]
+    assert [c.client_number_raw for c in conversations][3:] == ["abc!!#", "8 (495) 123-45-67"]
+
+
+def test_configured_roles_decide_who_is_a_client() -> None:
+    pbx = Pbx()
+    client = pbx.channel("SIP/beeline-0000aa01", "Ring", "84951234567", "74950000000")
+    agent = pbx.channel("SIP/agent7-0000aa02", "Down", "agent7")
+    pbx.connect(client, agent)
+    pbx.after(5)
+    pbx.hangup(agent, client)
+    roles = ChannelRoles(trunks=("SIP/beeline-*",), consultants=("SIP/agent*",))
+    conversation = one(pbx.events, CallTracker(roles))
+    assert conversation.consultants == ["agent7"]
+    assert conversation.talk_seconds == pytest.approx(5.0)
+    assert run(pbx.events)[0] == []  # with the default patterns there is no trunk here
+
+
+def test_events_for_channels_never_seen_are_adopted_as_estimated() -> None:
+    """Without a snapshot (e.g. CoreShowChannels refused), channels are learnt from their events."""
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(5)
+    pbx.leave(bridge, client)
+    pbx.hangup(agent)
+    pbx.after(2)
+    first_seen = len(pbx.events)
+    colleague = pbx.consultant("102", 5)
+    pbx.connect(colleague, client)  # the first events we see: a blind transfer's second bridge
+    pbx.after(3)
+    pbx.hold(colleague)
+    pbx.after(2)
+    pbx.hangup(client, colleague)
+    conversations, effects = run(pbx.events[first_seen:])
+    (conversation,) = conversations
+    assert conversation.estimated
+    assert any(isinstance(e, Anomaly) and e.kind == "unknown_channel" for e in effects)
+    assert shape(conversation) == [("102", 3.0, False), ("102", 2.0, True)]
+
+
+def test_resync_adopts_calls_in_progress_and_closes_calls_that_ended_unseen() -> None:
+    pbx = Pbx()
+    gone, gone_agent, _ = answered_by_101(pbx)
+    pbx.after(4)
+    lost_at = pbx.now
+    before_outage = list(pbx.events)
+    # During the outage: `gone` hangs up; a new call is answered by 102. Nothing reaches us.
+    pbx.hangup(gone, gone_agent)
+    late = pbx.client_calls("+74957770000", n=7)
+    colleague = pbx.consultant("102", 8)
+    pbx.connect(late, colleague)
+    pbx.after(10)
+    snapshot = Snapshot(
+        pbx.now,
+        [pbx.snapshot_item(late, "00:00:10"), pbx.snapshot_item(colleague, "00:00:10", "AppDial")],
+        lost_at=lost_at,
+    )
+    resume = len(pbx.events)
+    pbx.after(5)
+    pbx.hangup(colleague, late)
+    events = before_outage + pbx.events[resume:]
+    conversations, _ = run(events, snapshots={len(before_outage): snapshot})
+    ended, adopted = conversations
+    assert (ended.estimated, ended.ended_at) == (True, pytest.approx(lost_at))
+    assert ended.talk_seconds == pytest.approx(4.0)
+    assert adopted.estimated and adopted.client_number == "+74957770000"
+    assert adopted.started_at == pytest.approx(snapshot.at - 10)
+    assert adopted.talk_seconds == pytest.approx(5.0)  # counted from the snapshot, not invented
+
+
+def test_resync_keeps_a_call_that_went_on_and_does_not_count_it_twice() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(4)
+    cut = len(pbx.events)
+    pbx.after(5)
+    snapshot = Snapshot(pbx.now, [pbx.snapshot_item(client), pbx.snapshot_item(agent, application="AppDial")])
+    pbx.after(6)
+    pbx.hangup(client, agent)
+    conversation, _ = run(pbx.events, snapshots={cut: snapshot})
+    (conversation,) = conversation
+    assert shape(conversation) == [("101", 15.0, False)]
+    assert not conversation.estimated
+
+
+def test_snapshot_does_not_resurrect_a_channel_that_hung_up_after_it() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(2)
+    stale = Snapshot(pbx.now, [pbx.snapshot_item(client), pbx.snapshot_item(agent)])
+    pbx.hangup(client, agent)
+    tracker = CallTracker()
+    run(pbx.events, tracker)
+    assert tracker.resync(stale) == []
+    assert tracker.open_conversations == []
+
+
+def test_asterisk_shutdown_ends_every_conversation_estimated() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(3)
+    pbx.emit_raw("Shutdown", Shutdown="Uncleanly", Restart="True")
+    conversation = one(pbx.events)
+    assert conversation.estimated and conversation.talk_seconds == pytest.approx(3.0)
+
+
+def test_missing_timestamps_use_receive_time_and_warn_once() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(3)
+    pbx.hangup(client, agent)
+    tracker = CallTracker()
+    effects = []
+    for n, message in enumerate(pbx.events):
+        headers = dict(message.headers)
+        del headers["Timestamp"]
+        effects += tracker.feed(type(message)(headers), received_at=100.0 + n)
+    warnings = [e for e in effects if isinstance(e, Anomaly) and e.kind == "no_timestamp"]
+    assert len(warnings) == 1
+
+
+def test_live_effects_come_in_order_and_debounced_stops_need_time_to_pass() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(2)
+    pbx.leave(bridge, client)
+    tracker = CallTracker()
+    effects = []
+    for message in pbx.events:
+        effects += tracker.feed(message, 0.0)
+    kinds = [type(e) for e in effects if not isinstance(e, Anomaly)]
+    assert kinds == [ConversationStarted, TalkStarted]
+    assert tracker.tick(pbx.now + 0.5) == []
+    (stopped,) = tracker.tick(pbx.now + 1.0)
+    assert isinstance(stopped, TalkStopped) and stopped.at == pytest.approx(pbx.now)
