@@ -1,0 +1,149 @@
+"""The finished conversation as accounting sees it, read from the call tracker's JSON dict.
+
+Accounting takes the dict that `talkmeter replay --dry-run` prints (one per conversation) and
+never the call model's own classes. Times become integer epoch milliseconds here, rounded half
+up from Asterisk's microseconds: allowances are consumed with millisecond precision, and integer
+arithmetic keeps "free + prepaid + paid = talk" exact. Adjacent segments share their boundary,
+so rounding each boundary once can neither open gaps nor create overlaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Direction = Literal["inbound", "outbound"]
+
+
+class InvalidConversation(ValueError):
+    """The conversation dict is malformed; retrying will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A stretch of talk with one consultant, or of hold when `hold` is true."""
+
+    start_ms: int
+    end_ms: int
+    hold: bool
+    consultant: str | None = None
+
+    @property
+    def ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Talk:
+    """What rating needs of a conversation: who, when, on which line, and the talk intervals."""
+
+    conversation_id: str
+    started_ms: int
+    line: str | None
+    intervals: tuple[Interval, ...]
+
+    @property
+    def talk_ms(self) -> int:
+        return sum(interval.ms for interval in self.intervals)
+
+    @property
+    def hold_ms(self) -> int:
+        return sum(interval.ms for interval in self.intervals if interval.hold)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedConversation:
+    conversation_id: str
+    pbx: str
+    direction: Direction
+    client_number: str | None
+    client_number_raw: str
+    line: str | None
+    consultants: tuple[str, ...]
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime
+    wait_ms: int | None
+    estimated: bool
+    intervals: tuple[Interval, ...]
+
+    @property
+    def talk(self) -> Talk:
+        return Talk(self.conversation_id, to_ms(self.started_at), self.line, self.intervals)
+
+
+def parse_conversation(data: Mapping[str, Any]) -> FinishedConversation:
+    """Validate the call tracker's dict; raise `InvalidConversation` naming the bad field."""
+    try:
+        return _parse(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidConversation(f"bad conversation {data.get('conversation_id')!r}: {error!r}") from error
+
+
+def _parse(data: Mapping[str, Any]) -> FinishedConversation:
+    direction = data["direction"]
+    if direction not in ("inbound", "outbound"):
+        raise ValueError(f"direction {direction!r}")
+    intervals = tuple(_interval(segment) for segment in data.get("segments") or ())
+    _check_intervals(intervals)
+    wait = data.get("wait_seconds")
+    conversation_id = str(data["conversation_id"])
+    if not conversation_id:
+        raise ValueError("empty conversation_id")
+    return FinishedConversation(
+        conversation_id=conversation_id,
+        pbx=str(data.get("pbx") or "default"),
+        direction=direction,
+        client_number=data.get("client_number") or None,
+        client_number_raw=str(data.get("client_number_raw") or ""),
+        line=data.get("line") or None,
+        consultants=tuple(str(name) for name in data.get("consultants") or ()),
+        started_at=parse_time(data["started_at"]),
+        answered_at=parse_time(data["answered_at"]) if data.get("answered_at") else None,
+        ended_at=parse_time(data["ended_at"]),
+        wait_ms=None if wait is None else round(float(wait) * 1000),
+        estimated=bool(data.get("estimated", False)),
+        intervals=intervals,
+    )
+
+
+def _interval(segment: Mapping[str, Any]) -> Interval:
+    consultant = segment.get("consultant")
+    return Interval(
+        start_ms=to_ms(parse_time(segment["start"])),
+        end_ms=to_ms(parse_time(segment["end"])),
+        hold=bool(segment.get("hold", False)),
+        consultant=None if consultant is None else str(consultant),
+    )
+
+
+def _check_intervals(intervals: Sequence[Interval]) -> None:
+    previous_end: int | None = None
+    for interval in intervals:
+        if interval.end_ms < interval.start_ms:
+            raise ValueError("a segment ends before it starts")
+        if previous_end is not None and interval.start_ms < previous_end:
+            raise ValueError("segments overlap or are out of order")
+        previous_end = interval.end_ms
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time without offset: {text!r}")
+    return moment
+
+
+def to_ms(moment: datetime) -> int:
+    """Epoch milliseconds, rounded half up from microseconds, without float arithmetic."""
+    delta = moment - EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (micros + 500) // 1000
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)

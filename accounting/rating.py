@@ -1,0 +1,339 @@
+"""Rating: from measured talk and a contract's rules to free, prepaid and paid time and money.
+
+Theory of operation
+===================
+
+This module is pure: no I/O, no clock, no logging. It receives a client's contracts, the
+client's IANA time zone and the client's conversations (as `Talk`: conversation id, start and
+talk intervals in integer epoch milliseconds), and returns one `Charge` per conversation. The
+same input always gives the same output, whatever the order of the conversations, so the store
+can re-rate a whole contract after every new conversation and post only the differences.
+
+Which contract. A conversation is rated under exactly one contract of its client: among the
+contracts valid on the client-local date the conversation *started* and covering its line (an
+empty `lines` covers every line), the one that names the line explicitly wins over an all-lines
+contract; then the one that started most recently (`valid_from`); then the smallest
+`contract_id`. A conversation no contract covers is reported as uncovered, not charged. A
+conversation that runs past its contract's `valid_to` is still rated whole under it.
+
+Which seconds count. `talk` includes hold. When the contract's `hold_billable` is false, hold
+intervals are *excluded*: they are recorded but neither consume allowances nor are paid. A
+conversation whose counted talk is shorter than `short_call_seconds` is excluded entirely: it is
+neither billed nor consumes any allowance. So for every charge
+    free_ms + prepaid_ms + paid_ms + excluded_ms = talk_ms.
+Conversations without talk (unanswered) get no charge at all.
+
+Order of consumption. Each counted millisecond is taken from the first pool that has some left:
+the free daily allowance, then the prepaid package, then paid time (billed at the rate, or
+flagged as over quota when `overage` is `flag`). Allowances are consumed in the order the
+seconds were talked, not in the order conversations ended: the counted intervals of all the
+contract's conversations are swept together along the time line. Where k conversations talk at
+once, each elapsed millisecond consumes k milliseconds of allowance, and within one millisecond
+the conversations draw in rank order (start time, then conversation id). The allocation inside
+a stretch of constant k is computed in closed form (`_share`), and it is exactly what a
+millisecond-by-millisecond simulation gives (a property test checks this). Hence the free
+seconds of a day can never exceed its cap, even with overlapping conversations.
+
+Days and weeks are the client's local ones (`zoneinfo`): the time line is also cut at every
+local midnight, so a conversation across midnight draws from both days, and DST days simply
+have 23 or 25 hours. A local day takes one of the week's `free_days_per_week` slots (ISO weeks,
+Monday first) when it consumes its first free millisecond; once the slots of a week are taken,
+other days of that week get no free time. The prepaid package (`prepaid_minutes`) is one
+package for the whole contract period; a package renewed monthly is a new contract row.
+
+Money. Free and prepaid are consumed in exact milliseconds; rounding applies only to the paid
+part of each conversation: `billable_seconds` = the paid milliseconds raised to at least
+`minimum_billable_seconds`, then rounded *up* to a multiple of `billing_increment_seconds`
+(a conversation with no paid time has 0 billable seconds, the minimum does not apply). The
+amount is billable_seconds / 60 × rate, rounded half up to 0.01 once per conversation. With
+`overage = flag` the paid part is kept (raw `paid_ms`), `over_quota` is true, and
+`billable_seconds` and `amount` are 0: the support manager decides.
+
+Each charge also records the moments its conversation switched from one tier to the next
+(`tier_changes`, a conversation across midnight may go paid → free again) and its talk, free,
+prepaid and paid milliseconds per local day (`days`) so that daily views stay exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from itertools import pairwise
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from accounting.contracts import Contract
+from accounting.conversations import Interval, Talk, from_ms, to_ms
+
+Tier = Literal["free", "prepaid", "paid"]
+TIERS: tuple[Tier, ...] = ("free", "prepaid", "paid")
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """One conversation's milliseconds on one client-local day."""
+
+    day: date
+    talk_ms: int
+    free_ms: int
+    prepaid_ms: int
+    paid_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    at_ms: int
+    tier: Tier
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    conversation_id: str
+    contract_id: str
+    day: date
+    talk_ms: int
+    hold_ms: int
+    excluded_ms: int
+    free_ms: int
+    prepaid_ms: int
+    paid_ms: int
+    billable_seconds: int
+    amount: Decimal
+    currency: str | None
+    over_quota: bool
+    short_call: bool
+    tier_changes: tuple[TierChange, ...]
+    days: tuple[DayUsage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRating:
+    charges: tuple[Charge, ...]
+    uncovered: tuple[str, ...]
+    """Conversations with talk that no contract of the client covers."""
+
+
+def rate_client(
+    contracts: Iterable[Contract], timezone: str, talks: Iterable[Talk], only: frozenset[str] | None = None
+) -> ClientRating:
+    """Rate a client's conversations; with `only`, just the conversations of those contracts."""
+    zone = ZoneInfo(timezone)
+    contract_list = list(contracts)
+    groups: dict[str, list[Talk]] = defaultdict(list)
+    uncovered: list[str] = []
+    for talk in sorted(talks, key=_rank):
+        if talk.talk_ms == 0:
+            continue
+        contract = choose_contract(contract_list, talk, zone)
+        if contract is None:
+            uncovered.append(talk.conversation_id)
+        else:
+            groups[contract.contract_id].append(talk)
+    by_id = {contract.contract_id: contract for contract in contract_list}
+    charges: list[Charge] = []
+    for contract_id in sorted(groups):
+        if only is None or contract_id in only:
+            charges.extend(rate_contract(by_id[contract_id], timezone, groups[contract_id]))
+    return ClientRating(tuple(charges), tuple(uncovered))
+
+
+def choose_contract(contracts: Sequence[Contract], talk: Talk, zone: ZoneInfo) -> Contract | None:
+    """The contract a conversation is rated under (see the module comment), or None."""
+    day = local_date(talk.started_ms, zone)
+    covering = [contract for contract in contracts if contract.covers(day, talk.line)]
+    if not covering:
+        return None
+    return min(covering, key=lambda c: (not c.lines, -c.valid_from.toordinal(), c.contract_id))
+
+
+def rate_contract(contract: Contract, timezone: str, talks: Iterable[Talk]) -> list[Charge]:
+    """One charge per conversation, all rated together under `contract`."""
+    zone = ZoneInfo(timezone)
+    ordered = sorted(talks, key=_rank)
+    counted = [_counted_intervals(contract, talk) for talk in ordered]
+    meters = [_Meter() for _ in ordered]
+    pools = _Pools(contract)
+    for start, end, active in _stretches([intervals for intervals, _ in counted], zone):
+        pools.draw(local_date(start, zone), start, end - start, [meters[index] for index in active])
+    return [
+        _charge(contract, zone, talk, meter, short)
+        for talk, (_, short), meter in zip(ordered, counted, meters, strict=True)
+    ]
+
+
+def billable_seconds(contract: Contract, paid_ms: int) -> int:
+    """The paid part after the minimum and the increment (rounded up); 0 when nothing is paid."""
+    if paid_ms <= 0:
+        return 0
+    increment_ms = contract.billing_increment_seconds * 1000
+    raised = max(paid_ms, contract.minimum_billable_seconds * 1000)
+    return -(-raised // increment_ms) * contract.billing_increment_seconds
+
+
+def price(contract: Contract, seconds: int) -> Decimal:
+    """seconds / 60 × rate, rounded half up to 0.01 (once per conversation)."""
+    rate = contract.rate_per_minute or Decimal(0)
+    return (Decimal(seconds) * rate / 60).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def local_date(ms: int, zone: ZoneInfo) -> date:
+    return from_ms(ms).astimezone(zone).date()
+
+
+def local_midnight_ms(day: date, zone: ZoneInfo) -> int:
+    """The first instant of a local day. Where midnight itself does not exist (a DST jump at
+    00:00), `fold=0` reads it with the offset before the jump, which is the jump's instant."""
+    return to_ms(datetime.combine(day, time(), tzinfo=zone))
+
+
+def _rank(talk: Talk) -> tuple[int, str]:
+    return talk.started_ms, talk.conversation_id
+
+
+def _counted_intervals(contract: Contract, talk: Talk) -> tuple[list[Interval], bool]:
+    """The intervals that count as talk, and whether the conversation is a short call."""
+    intervals = [i for i in talk.intervals if i.ms > 0 and (contract.hold_billable or not i.hold)]
+    counted_ms = sum(interval.ms for interval in intervals)
+    if contract.short_call_seconds is not None and counted_ms < contract.short_call_seconds * 1000:
+        return [], True
+    return intervals, False
+
+
+def _stretches(counted: Sequence[Sequence[Interval]], zone: ZoneInfo) -> Iterator[tuple[int, int, list[int]]]:
+    """(start, end, active conversation indexes) for each stretch of constant activity within
+    one local day, in time order."""
+    changes: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for index, intervals in enumerate(counted):
+        for interval in intervals:
+            changes[interval.start_ms].append((1, index))
+            changes[interval.end_ms].append((-1, index))
+    if not changes:
+        return
+    moments = sorted(set(changes) | set(_midnights(min(changes), max(changes), zone)))
+    active: set[int] = set()
+    for start, end in pairwise(moments):
+        # Ends before starts: one conversation's adjacent segments share a boundary.
+        for delta, index in sorted(changes.get(start, ())):
+            if delta < 0:
+                active.discard(index)
+            else:
+                active.add(index)
+        if active:
+            yield start, end, sorted(active)
+
+
+def _midnights(start_ms: int, end_ms: int, zone: ZoneInfo) -> Iterator[int]:
+    day = local_date(start_ms, zone) + timedelta(days=1)
+    while (midnight := local_midnight_ms(day, zone)) < end_ms:
+        yield midnight
+        day += timedelta(days=1)
+
+
+def _share(taken: int, rank: int, active: int) -> int:
+    """How many of the first `taken` milliseconds drawn by `active` conversations at once fall
+    to the one with this rank: the draws go round the conversations one millisecond each."""
+    return taken // active + (1 if rank < taken % active else 0)
+
+
+@dataclass(slots=True)
+class _Meter:
+    """What one conversation has drawn so far."""
+
+    tiers: dict[Tier, int] = field(default_factory=lambda: {"free": 0, "prepaid": 0, "paid": 0})
+    days: dict[date, list[int]] = field(default_factory=dict)
+    changes: list[TierChange] = field(default_factory=list)
+
+    def add(self, day: date, start: int, free: int, prepaid: int, paid: int) -> None:
+        usage = self.days.setdefault(day, [0, 0, 0])
+        at = start
+        for index, (tier, ms) in enumerate(zip(TIERS, (free, prepaid, paid), strict=True)):
+            if ms == 0:
+                continue
+            if not self.changes or self.changes[-1].tier != tier:
+                self.changes.append(TierChange(at, tier))
+            self.tiers[tier] += ms
+            usage[index] += ms
+            at += ms
+
+
+class _Pools:
+    """The contract's allowances: free per local day (with the week's day slots) and prepaid."""
+
+    def __init__(self, contract: Contract) -> None:
+        self.free_cap = contract.free_daily_ms
+        self.week_limit = contract.free_days_per_week
+        self.prepaid_left = contract.prepaid_ms or 0
+        self.free_used: dict[date, int] = defaultdict(int)
+        self.week_days: dict[tuple[int, int], set[date]] = defaultdict(set)
+
+    def draw(self, day: date, start: int, length: int, meters: Sequence[_Meter]) -> None:
+        """`len(meters)` conversations talk together for `length` ms from `start` on `day`."""
+        active = len(meters)
+        demand = active * length
+        free = self._take_free(day, demand)
+        prepaid = min(self.prepaid_left, demand - free)
+        self.prepaid_left -= prepaid
+        for rank, meter in enumerate(meters):
+            own_free = _share(free, rank, active)
+            up_to_prepaid = _share(free + prepaid, rank, active)
+            meter.add(day, start, own_free, up_to_prepaid - own_free, length - up_to_prepaid)
+
+    def _take_free(self, day: date, demand: int) -> int:
+        if self.free_cap is None:
+            return 0
+        year, week, _ = day.isocalendar()
+        days = self.week_days[(year, week)]
+        if self.week_limit is not None and day not in days and len(days) >= self.week_limit:
+            return 0
+        taken = min(self.free_cap - self.free_used[day], demand)
+        if taken > 0:
+            self.free_used[day] += taken
+            days.add(day)
+        return taken
+
+
+def _charge(contract: Contract, zone: ZoneInfo, talk: Talk, meter: _Meter, short: bool) -> Charge:
+    free, prepaid, paid = meter.tiers["free"], meter.tiers["prepaid"], meter.tiers["paid"]
+    over_quota = contract.overage == "flag" and paid > 0
+    seconds = 0 if contract.overage == "flag" else billable_seconds(contract, paid)
+    return Charge(
+        conversation_id=talk.conversation_id,
+        contract_id=contract.contract_id,
+        day=local_date(talk.started_ms, zone),
+        talk_ms=talk.talk_ms,
+        hold_ms=talk.hold_ms,
+        excluded_ms=talk.talk_ms - free - prepaid - paid,
+        free_ms=free,
+        prepaid_ms=prepaid,
+        paid_ms=paid,
+        billable_seconds=seconds,
+        amount=price(contract, seconds),
+        currency=contract.currency,
+        over_quota=over_quota,
+        short_call=short,
+        tier_changes=tuple(meter.changes),
+        days=_days(talk, meter, zone),
+    )
+
+
+def _days(talk: Talk, meter: _Meter, zone: ZoneInfo) -> tuple[DayUsage, ...]:
+    talk_by_day: dict[date, int] = defaultdict(int)
+    for interval in talk.intervals:
+        for day, ms in _split_by_day(interval, zone):
+            talk_by_day[day] += ms
+    days = sorted(set(talk_by_day) | set(meter.days))
+    return tuple(DayUsage(day, talk_by_day[day], *meter.days.get(day, (0, 0, 0))) for day in days)
+
+
+def _split_by_day(interval: Interval, zone: ZoneInfo) -> Iterator[tuple[date, int]]:
+    start = interval.start_ms
+    for midnight in _midnights(interval.start_ms, interval.end_ms, zone):
+        yield local_date(start, zone), midnight - start
+        start = midnight
+    if interval.end_ms > start:
+        yield local_date(start, zone), interval.end_ms - start
