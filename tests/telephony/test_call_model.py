@@ -298,7 +298,7 @@ def test_hold_while_waiting_in_the_queue_is_not_counted() -> None:
 
 def test_hold_ends_when_the_holding_consultant_hangs_up() -> None:
     pbx = Pbx()
-    client, agent, bridge = answered_by_101(pbx)
+    client, agent, _bridge = answered_by_101(pbx)
     pbx.after(2)
     pbx.hold(agent)
     pbx.after(3)
@@ -471,7 +471,7 @@ def test_snapshot_does_not_resurrect_a_channel_that_hung_up_after_it() -> None:
 
 def test_asterisk_shutdown_ends_every_conversation_estimated() -> None:
     pbx = Pbx()
-    client, agent, _ = answered_by_101(pbx)
+    _client, _agent, _ = answered_by_101(pbx)
     pbx.after(3)
     pbx.emit_raw("Shutdown", Shutdown="Uncleanly", Restart="True")
     conversation = one(pbx.events)
@@ -495,7 +495,7 @@ def test_missing_timestamps_use_receive_time_and_warn_once() -> None:
 
 def test_live_effects_come_in_order_and_debounced_stops_need_time_to_pass() -> None:
     pbx = Pbx()
-    client, agent, bridge = answered_by_101(pbx)
+    client, _agent, bridge = answered_by_101(pbx)
     pbx.after(2)
     pbx.leave(bridge, client)
     tracker = CallTracker()
