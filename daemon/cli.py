@@ -15,7 +15,12 @@ from collections.abc import Sequence
 
 from daemon.settings import ConfigError
 
-COMMAND_MODULES = ("daemon.commands.replay",)
+COMMAND_MODULES = (
+    "daemon.commands.replay",
+    "daemon.commands.simulate",
+    "daemon.commands.watch",
+    "daemon.commands.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,6 +89,7 @@ class Resync:
     at: float
     channels: tuple[Message, ...]
     bridges: tuple[Message, ...]
+    lost_at: float | None = None  # last sign of life of the previous session, if there was one
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ class Backoff:
 
 
 class EventClock:
-    """"Now" on the PBX's clock: the last `Timestamp` seen plus the time elapsed since it arrived.
+    """The PBX's "now": the last `Timestamp` seen plus the time elapsed since it arrived.
 
     With `timestampevents = yes` this follows the PBX (and a replay at any speed); without
     timestamps it is the local wall clock.
@@ -369,6 +370,8 @@ class AmiLink:
         self._protocol: AmiProtocol | None = None
         self._logged_in = False
         self._next_depth_report = 10_000
+        self._last_alive: float | None = None  # clock time of the last event or ping reply
+        self._lost_at: float | None = None  # _last_alive when the previous session ended
 
     # public
 
@@ -500,7 +503,8 @@ class AmiLink:
                 return
             stamp = reply.timestamp if isinstance(reply, Message) else None
             if stamp is not None:
-                self.clock.observe(stamp)
+                self.clock.observe(stamp)  # Asterisk stamps its Ping reply
+            self._last_alive = self.clock.now()
             if self.queue_depth >= 1000:
                 log.warning("ami.queue_backlog", queue_depth=self.queue_depth)
 
@@ -513,7 +517,7 @@ class AmiLink:
             def done(result: Result) -> None:
                 lists[kind] = result if isinstance(result, tuple) else ()
                 if len(lists) == 2:
-                    self._enqueue(Resync(at, lists["channels"], lists["bridges"]))
+                    self._enqueue(Resync(at, lists["channels"], lists["bridges"], self._lost_at))
 
             return done
 
@@ -569,7 +573,8 @@ class AmiLink:
         stamp = message.timestamp
         if stamp is not None:
             self.clock.observe(stamp)
-        self._enqueue(Received(message, self.clock.now()))
+        now = self._last_alive = self.clock.now()
+        self._enqueue(Received(message, now))
 
     def _on_malformed(self, frame: Malformed) -> None:
         self.malformed += 1
@@ -579,9 +584,11 @@ class AmiLink:
     def _on_connection_lost(self, protocol: AmiProtocol) -> None:
         if protocol is self._protocol and self._logged_in:
             self._logged_in = False
+            self._lost_at = self._last_alive
             reason = protocol.lost_reason
             self._enqueue(SessionLost(self.clock.now(), reason))
-            log.warning("ami.session_lost", reason=reason, queue_depth=self.queue_depth)
+            level = log.info if self._stopping.is_set() else log.warning
+            level("ami.session_lost", reason=reason, queue_depth=self.queue_depth)
 
     def _enqueue(self, item: Item) -> None:
         self.queue.put_nowait(item)

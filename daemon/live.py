@@ -1,0 +1,194 @@
+"""Following a live PBX: the AMI link feeding the call model, as two supervised tasks.
+
+Theory of operation
+-------------------
+`ami-link` (telephony.ami.AmiLink) reads the PBX and only enqueues; `call-consumer` takes the items
+one by one, in order, and applies them to one `CallTracker`: events with `feed`, the post-login
+listing with `resync`, and about once a second `tick`, so that a talk stop whose debounce has run
+out is reported even when no event follows. Each finished conversation goes to `on_conversation`
+(printing for `watch` and `demo`, the database later); the reader never waits for it.
+
+The time given to `tick` must never run ahead of what has been applied, or a debounce could expire
+on a gap that an event still in the queue would have closed: when the queue is empty it is the
+link's event clock (the PBX's `Timestamp`s plus elapsed time), otherwise the time of the last
+applied event.
+
+Supervision: if either task ends or fails, everything stops and the failure is raised. Stopping
+(the `stop` event) is graceful and bounded: the link logs off (no new work), the consumer drains the
+queue for at most `grace` seconds, open conversations are closed as estimated at their last known
+moment (`close_all`) and handed over, and then anything left is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import structlog
+
+from daemon.commands.replay import tracker_from
+from daemon.settings import Settings
+from telephony.ami import AmiLink, Item, LinkConfig, Received, Resync, SessionLost, SessionStarted, Sleep
+from telephony.calls import WANTED_EVENTS, Snapshot
+from telephony.effects import Anomaly, ConversationEnded, Effect
+
+log = structlog.get_logger("daemon.live")
+
+OnConversation = Callable[[dict[str, Any]], Awaitable[None]]
+OnEffect = Callable[[Effect], None]
+TICK_SECONDS = 1.0
+
+
+class Pipeline:
+    """The link and the consumer for one PBX. `run(stop)` until `stop` is set or a task fails."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_conversation: OnConversation,
+        *,
+        on_effect: OnEffect | None = None,
+        sleep: Sleep = asyncio.sleep,
+        grace: float = 5.0,
+    ) -> None:
+        self.link = AmiLink(LinkConfig.from_settings(settings), wanted=WANTED_EVENTS, sleep=sleep)
+        self.tracker = tracker_from(settings)
+        self.on_conversation = on_conversation
+        self.on_effect = on_effect
+        self.grace = grace
+        self.applied = 0
+        self._position = float("-inf")  # time of the last applied event
+
+    async def run(self, stop: asyncio.Event) -> None:
+        link = asyncio.create_task(self.link.run(), name="ami-link")
+        consumer = asyncio.create_task(self._consume(), name="call-consumer")
+        stopping = asyncio.create_task(stop.wait(), name="stop-wait")
+        tasks = {link, consumer, stopping}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if stopping not in done:
+                failed = next(iter(done))
+                error = failed.exception()
+                log.error("pipeline.task_stopped", task=failed.get_name(), error=repr(error))
+                raise error or RuntimeError(f"task {failed.get_name()} ended on its own")
+            await self._stop_gracefully(link, consumer)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait until everything the PBX has sent so far is applied (a ping round trip, then the queue)."""
+        await self.link.ping()
+        await self.link.queue.join()
+
+    # stopping
+
+    async def _stop_gracefully(self, link: asyncio.Task[None], consumer: asyncio.Task[None]) -> None:
+        log.info("pipeline.stopping", queue_depth=self.link.queue_depth)
+        self.link.close()
+        deadline = time.monotonic() + self.grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(link), self.grace)
+        try:
+            await asyncio.wait_for(self.link.queue.join(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("pipeline.drain_timeout", left=self.link.queue_depth)
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(self._handle_all(self.tracker.close_all()), remaining)
+        except TimeoutError:
+            log.warning("pipeline.close_timeout")
+        log.info("pipeline.stopped", applied=self.applied)
+
+    # the consumer
+
+    async def _consume(self) -> None:
+        queue = self.link.queue
+        last_tick = time.monotonic()
+        while True:
+            item = await _next_item(queue, TICK_SECONDS)
+            try:
+                effects = self._apply(item) if item is not None else []
+                if time.monotonic() - last_tick >= TICK_SECONDS:
+                    last_tick = time.monotonic()
+                    effects += self.tracker.tick(self._tick_time())
+                await self._handle_all(effects)
+            finally:
+                if item is not None:
+                    queue.task_done()
+
+    def _apply(self, item: Item) -> list[Effect]:
+        if isinstance(item, Received):
+            self.applied += 1
+            message = item.message
+            self._position = message.timestamp or item.received_at
+            return self.tracker.feed(message, item.received_at)
+        if isinstance(item, Resync):
+            snapshot = Snapshot(item.at, list(item.channels), list(item.bridges), item.lost_at)
+            log.info("pipeline.resync", channels=len(item.channels), bridges=len(item.bridges))
+            return self.tracker.resync(snapshot)
+        if isinstance(item, SessionStarted):
+            log.info("pipeline.session_started", version=item.version)
+        elif isinstance(item, SessionLost):
+            log.info("pipeline.session_lost", reason=item.reason)
+        return []
+
+    def _tick_time(self) -> float:
+        if self.link.queue.empty():
+            return self.link.clock.now()
+        return self._position
+
+    async def _handle_all(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if self.on_effect is not None:
+                self.on_effect(effect)
+            if isinstance(effect, ConversationEnded):
+                await self.on_conversation(effect.conversation.to_json())
+            elif isinstance(effect, Anomaly):
+                log.info("pipeline.anomaly", kind=effect.kind, detail=effect.detail)
+
+
+async def _next_item(queue: asyncio.Queue[Item], wait: float) -> Item | None:
+    # get_nowait first: wrapping every get in wait_for would cost a task per event.
+    try:
+        return queue.get_nowait()
+    except asyncio.QueueEmpty:
+        pass
+    try:
+        return await asyncio.wait_for(queue.get(), wait)
+    except TimeoutError:
+        return None
+
+
+async def follow(
+    settings: Settings,
+    on_conversation: OnConversation,
+    stop: asyncio.Event,
+    *,
+    on_effect: OnEffect | None = None,
+) -> None:
+    """Follow the PBX of `settings` until `stop` is set; `on_conversation(json)` for each one that ends."""
+    await Pipeline(settings, on_conversation, on_effect=on_effect).run(stop)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM only set `stop`; the previous handlers are restored afterwards."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
