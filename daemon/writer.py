@@ -133,10 +133,10 @@ class ConversationWriter:
             if self._queue.empty():
                 self._spool.keep_only(self._unwritten)
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until everything queued is written; False if `timeout` passed first (it stays spooled)."""
+    async def drain(self, within: float) -> bool:
+        """Wait until everything queued is written; False if `within` s passed first (it stays spooled)."""
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(self._queue.join(), within)
         except TimeoutError:
             return False
         return True
