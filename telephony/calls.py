@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from telephony.effects import (
     Anomaly,
@@ -142,6 +143,7 @@ class _Track:
     open_segment: Segment | None = None  # end is meaningless while open
     cut_off_at: float | None = None  # when the client lost its consultant (debounce running)
     stop_reported: bool = False  # TalkStopped already sent for this cut-off
+    resumed_from: float | None = None  # restored from a checkpoint taken at this time
     hold: _Hold | None = None
     connected: tuple[str, ...] = ()  # consultants connected right now
 
@@ -169,6 +171,7 @@ class CallTracker:
         self._ended_order: deque[str] = deque()
         self._now = float("-inf")
         self._warned_no_timestamp = False
+        self._restored: dict[str, dict[str, Any]] = {}
         self._handlers: dict[str, Callable[[Message, float, list[Effect]], None]] = {
             "Newchannel": self.on_newchannel,
             "Newstate": self.on_newstate,
@@ -225,9 +228,30 @@ class CallTracker:
         for uniqueid, item in listed.items():
             if uniqueid not in self._ended:
                 self._apply_listed_channel(uniqueid, item, technologies, at, effects)
-        for uniqueid in list(self._tracks):
+        for uniqueid, track in list(self._tracks.items()):
+            if track.hold is not None and track.hold.by_uniqueid not in self._channels:
+                self._end_hold(track, at, effects)  # the holder went away while we were not looking
             self._update_connectivity(uniqueid, at, effects)
+        for uniqueid in list(self._restored):
+            self._end_restored(uniqueid, effects)  # it hung up while the daemon was down
         return effects
+
+    def checkpoint(self, at: float) -> list[dict[str, Any]]:
+        """The open conversations as plain data, so that a daemon restart loses no talk (`restore`)."""
+        saved = [_checkpoint_of(track, at) for track in self._tracks.values()]
+        return saved + list(self._restored.values())
+
+    def restore(self, saved: Iterable[dict[str, Any]]) -> None:
+        """Take back the open conversations of an earlier run.
+
+        A conversation is resumed when its client channel shows up again (in the snapshot after
+        login, or in an event) and is then flagged `estimated`. If the client is still in the state
+        it was in at the checkpoint (talking with the same consultant, or on hold), the talk is
+        taken to have gone on meanwhile; otherwise it stops at the checkpoint. A conversation whose
+        channel is not in the next snapshot ended while we were down: it is closed at the checkpoint.
+        """
+        for item in saved:
+            self._restored[item["uniqueid"]] = item
 
     def close_all(self, at: float | None = None) -> list[Effect]:
         """End every open conversation (end of a replay, shutdown): estimated, at the last event seen."""
@@ -564,8 +588,19 @@ class CallTracker:
             estimated=estimated,
         )
         self._set_caller(conversation, message.get("CallerIDNum"))
+        saved = self._restored.pop(channel.uniqueid, None) if estimated else None
+        if saved is not None:
+            self._tracks[channel.uniqueid] = _resumed_track(channel.uniqueid, saved, conversation)
+            return
         self._tracks[channel.uniqueid] = _Track(channel.uniqueid, conversation, last_seen=at)
         effects.append(ConversationStarted(at, conversation))
+
+    def _end_restored(self, uniqueid: str, effects: list[Effect]) -> None:
+        saved = self._restored.pop(uniqueid)
+        track = _resumed_track(uniqueid, saved, None)
+        self._tracks[uniqueid] = track
+        track.hold = None
+        self._end_conversation(uniqueid, saved["at"], effects, estimated=True)
 
     def _set_caller(self, conversation: Conversation, raw: str) -> None:
         # Outbound trunk channels start as `<unknown>` and learn the number from NewCallerid; a
@@ -604,6 +639,8 @@ class CallTracker:
     def _advance_timeline(self, track: _Track, at: float, effects: list[Effect]) -> None:
         """Bring the segment list in line with the present: talking, on hold, or cut off."""
         state = self._wanted_state(track)
+        if track.resumed_from is not None:
+            self._resume(track, state, effects)
         if state is None:
             if track.open_segment is not None and track.cut_off_at is None:
                 track.cut_off_at = at
@@ -619,6 +656,14 @@ class CallTracker:
         elif (current.consultant, current.hold) != (consultant, hold):
             self._close_segment(track, at)
             track.open_segment = Segment(consultant, at, at, hold)
+
+    def _resume(self, track: _Track, state: tuple[str | None, bool] | None, effects: list[Effect]) -> None:
+        """First look at a conversation restored from a checkpoint: did it go on as it was?"""
+        resumed_from, track.resumed_from = track.resumed_from, None
+        current = track.open_segment
+        if current is not None and resumed_from is not None and state != (current.consultant, current.hold):
+            self._close_segment(track, resumed_from)
+            effects.append(TalkStopped(resumed_from, track.conversation.conversation_id))
 
     def _reconnect(self, track: _Track, at: float, effects: list[Effect]) -> None:
         """The client is connected again after a cut-off: absorb a short gap, or split the talk.
@@ -716,3 +761,58 @@ def _duration(raw: str) -> float:
         return float(raw)
     except ValueError:
         return 0.0
+
+
+def _checkpoint_of(track: _Track, at: float) -> dict[str, Any]:
+    conversation = track.conversation
+    open_segment = track.open_segment
+    segments = [[s.consultant, s.start, s.end, s.hold] for s in conversation.segments]
+    if open_segment is not None and track.cut_off_at is not None:  # cut off: its end is known
+        if track.cut_off_at > open_segment.start:
+            segments.append(
+                [open_segment.consultant, open_segment.start, track.cut_off_at, open_segment.hold]
+            )
+        open_segment = None
+    return {
+        "uniqueid": track.uniqueid,
+        "at": at,
+        "conversation_id": conversation.conversation_id,
+        "pbx": conversation.pbx,
+        "channel": conversation.channel,
+        "direction": conversation.direction,
+        "client_number": conversation.client_number,
+        "client_number_raw": conversation.client_number_raw,
+        "line": conversation.line,
+        "started_at": conversation.started_at,
+        "consultants": list(conversation.consultants),
+        "segments": segments,
+        "open": None
+        if open_segment is None
+        else [open_segment.consultant, open_segment.start, open_segment.hold],
+        "hold": None if track.hold is None else [track.hold.by_uniqueid, track.hold.by, track.hold.since],
+    }
+
+
+def _resumed_track(uniqueid: str, saved: dict[str, Any], seen: Conversation | None) -> _Track:
+    """Rebuild a conversation in progress from `_checkpoint_of`; `seen` is what the PBX shows now."""
+    conversation = Conversation(
+        conversation_id=saved["conversation_id"],
+        pbx=saved["pbx"],
+        channel=seen.channel if seen else saved["channel"],
+        direction=saved["direction"],
+        client_number=saved["client_number"],
+        client_number_raw=saved["client_number_raw"],
+        line=saved["line"],
+        started_at=saved["started_at"],
+        segments=[Segment(c, start, end, hold) for c, start, end, hold in saved["segments"]],
+        consultants=list(saved["consultants"]),
+        estimated=True,
+    )
+    track = _Track(uniqueid, conversation, last_seen=saved["at"], resumed_from=saved["at"])
+    if saved["open"] is not None:
+        consultant, start, hold = saved["open"]
+        track.open_segment = Segment(consultant, start, start, hold)
+        track.connected = () if hold else (consultant,)
+    if saved["hold"] is not None:
+        track.hold = _Hold(*saved["hold"])
+    return track

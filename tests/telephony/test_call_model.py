@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from telephony.calls import CallTracker, Snapshot
@@ -507,3 +509,68 @@ def test_live_effects_come_in_order_and_debounced_stops_need_time_to_pass() -> N
     assert tracker.tick(pbx.now + 0.5) == []
     (stopped,) = tracker.tick(pbx.now + 1.0)
     assert isinstance(stopped, TalkStopped) and stopped.at == pytest.approx(pbx.now)
+
+
+def restart(pbx: Pbx, down_for: float, events_before: int) -> tuple[CallTracker, list, float]:
+    """Run a tracker on the first events, checkpoint it through JSON, give it to a new tracker."""
+    old = CallTracker()
+    for message in pbx.events[:events_before]:
+        old.feed(message, 0.0)
+    checkpoint_at = pbx.now
+    saved = json.loads(json.dumps(old.checkpoint(checkpoint_at)))
+    pbx.after(down_for)
+    new = CallTracker()
+    new.restore(saved)
+    return new, saved, checkpoint_at
+
+
+def test_a_daemon_restart_mid_call_loses_no_talk() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(10)
+    new, _, _ = restart(pbx, 5, len(pbx.events))
+    snapshot = Snapshot(pbx.now, [pbx.snapshot_item(client), pbx.snapshot_item(agent, application="AppDial")])
+    effects = new.resync(snapshot)
+    assert not [e for e in effects if isinstance(e, ConversationStarted | TalkStopped)]
+    resume = len(pbx.events)
+    pbx.after(7)
+    pbx.hangup(client, agent)
+    conversations, _ = run(pbx.events[resume:], new)
+    (conversation,) = conversations
+    assert conversation.estimated
+    assert shape(conversation) == [("101", 22.0, False)]  # 10 before, 5 down, 7 after
+    assert conversation.started_at == pytest.approx(pbx.events[0].timestamp)
+
+
+def test_a_call_that_ended_while_the_daemon_was_down_closes_at_the_checkpoint() -> None:
+    pbx = Pbx()
+    client, agent, _ = answered_by_101(pbx)
+    pbx.after(10)
+    new, _, checkpoint_at = restart(pbx, 60, len(pbx.events))
+    effects = new.resync(Snapshot(pbx.now, []))
+    (ended,) = [e.conversation for e in effects if hasattr(e, "conversation") and e.conversation.ended_at]
+    assert ended.estimated and ended.ended_at == pytest.approx(checkpoint_at)
+    assert shape(ended) == [("101", 10.0, False)]
+    assert new.open_conversations == []
+
+
+def test_a_restart_during_which_the_call_moved_stops_talk_at_the_checkpoint() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(4)
+    new, _, _ = restart(pbx, 3, len(pbx.events))
+    pbx.leave(bridge, client)  # unseen: a blind transfer to 102 while we were down
+    pbx.hangup(agent)
+    colleague = pbx.consultant("102", 9)
+    pbx.connect(colleague, client)
+    pbx.after(2)
+    snapshot = Snapshot(
+        pbx.now, [pbx.snapshot_item(client), pbx.snapshot_item(colleague, application="AppDial")]
+    )
+    new.resync(snapshot)
+    resume = len(pbx.events)
+    pbx.after(5)
+    pbx.hangup(colleague, client)
+    (conversation,), _ = run(pbx.events[resume:], new)
+    assert shape(conversation) == [("101", 4.0, False), ("102", 5.0, False)]
+    assert conversation.consultants == ["101", "102"]
