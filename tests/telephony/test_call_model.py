@@ -544,7 +544,7 @@ def test_a_daemon_restart_mid_call_loses_no_talk() -> None:
 
 def test_a_call_that_ended_while_the_daemon_was_down_closes_at_the_checkpoint() -> None:
     pbx = Pbx()
-    client, agent, _ = answered_by_101(pbx)
+    _client, _agent, _ = answered_by_101(pbx)
     pbx.after(10)
     new, _, checkpoint_at = restart(pbx, 60, len(pbx.events))
     effects = new.resync(Snapshot(pbx.now, []))
