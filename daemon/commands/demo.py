@@ -41,11 +41,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
     traces = args.trace or list(DEFAULT_TRACES)
     for trace in traces:
         if not trace.is_file():
             raise ConfigError(f"no such trace: {trace}")
+    configure_logging(args.log_level)
     return asyncio.run(demo(traces, args.speed))
 
 

@@ -41,11 +41,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging("info")
     if not args.trace.is_file():
         raise ConfigError(f"no such trace: {args.trace}")
     if args.speed < 0:
         raise ConfigError("--speed must be 0 (as fast as possible) or more")
+    configure_logging("info")
     secret = os.environ.get(args.secret_env) or None
     simulator = AmiSimulator(
         load_trace(args.trace),

@@ -31,8 +31,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, ami_host=args.host, ami_port=args.port, ami_user=args.user)
-    configure_logging(settings.log_level)
     settings.ami_password()  # no secret: a ConfigError now, not a login loop later
+    configure_logging(settings.log_level)
     return asyncio.run(watch(settings))
 
 

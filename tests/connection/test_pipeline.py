@@ -1,0 +1,152 @@
+"""The live pipeline (link + ordered consumer + CallTracker) against the simulator, with ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.commands.demo import demo
+from daemon.live import Pipeline
+from daemon.settings import Settings, load_settings
+from telephony.simulator import AmiSimulator, events_trace, load_trace
+
+from .helpers import GUARD, SECRET, TRACES, RecordingSleep, frame
+
+
+def settings_for(port: int) -> Settings:
+    return load_settings(None, ami_host="127.0.0.1", ami_port=port, ami_user="talkmeter", ami_secret=SECRET,
+                         ami_action_timeout=2.0, ami_reconnect_min=0.05, ami_reconnect_max=0.2)  # fmt: skip
+
+
+async def measure(sim: AmiSimulator) -> list[dict[str, Any]]:
+    """Run the pipeline until the simulator has replayed everything and it has all been applied."""
+    found: list[dict[str, Any]] = []
+
+    async def collect(conversation: dict[str, Any]) -> None:
+        found.append(conversation)
+
+    pipeline = Pipeline(settings_for(sim.port), collect, sleep=RecordingSleep())
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(GUARD * 3):
+        await sim.finished.wait()
+        await pipeline.settle()
+        stop.set()
+        await task
+    return found
+
+
+def truth(name: str) -> list[dict[str, Any]]:
+    data = json.loads((TRACES / f"{name}.json").read_text())
+    conversations: list[dict[str, Any]] = data["truth"]["conversations"]
+    return conversations
+
+
+@pytest.mark.parametrize(("speed", "pause"), [(0, True), (8, False)], ids=["fast-paused", "realtime-gap"])
+async def test_reconnect_mid_call_keeps_talk_time(speed: float, pause: bool) -> None:
+    """The call starts in session 1 and ends in session 2; the resync carries it across the gap.
+
+    `realtime-gap` lets the replay run on through the outage (0.6 s at 8x) as a PBX would.
+    """
+    trace = load_trace(TRACES / "ami_reconnect.ami")
+    async with AmiSimulator(trace, secret=SECRET, speed=speed, pause_after_drop=pause) as sim:
+        found = await measure(sim)
+    (expected,) = truth("ami_reconnect")
+    (conversation,) = found
+    assert abs(conversation["talk_seconds"] - expected["talk_seconds"]) <= 1.0
+    assert conversation["consultants"] == expected["consultants"]
+    assert conversation["client_number"] == expected["client_number"]
+
+
+async def test_demo_measures_the_attended_transfer_like_the_sip_truth() -> None:
+    found: list[dict[str, Any]] = []
+
+    async def collect(conversation: dict[str, Any]) -> None:
+        found.append(conversation)
+
+    assert await demo([TRACES / "attended_transfer.ami"], 0, collect) == 0
+    (expected,) = truth("attended_transfer")
+    (conversation,) = found
+    assert conversation["consultants"] == ["101", "102"]
+    assert abs(conversation["talk_seconds"] - expected["talk_seconds"]) <= 0.2
+    assert abs(conversation["hold_seconds"] - expected["hold_seconds"]) <= 0.2
+    assert conversation["estimated"] is False
+
+
+def burst_of_calls(calls: int) -> list[bytes]:
+    """8 events per call, in timestamp order: all calls start, then all hang up 10 s later."""
+    base = 1_800_000_000.0
+    starts, ends = [], []
+    for n in range(calls):
+        t = base + n * 0.001
+        client, agent, bridge = f"c.{n}", f"a.{n}", f"bridge-{n}"
+        trunk, phone = f"PJSIP/trunk-{n:08x}", f"PJSIP/101-{n:08x}"
+        starts += [
+            frame(Event="Newchannel", Timestamp=f"{t:.6f}", Channel=trunk, ChannelState="4",
+                  ChannelStateDesc="Ring", CallerIDNum=f"+7495{n:07d}", Exten="74950000000",
+                  Context="from-trunk", Uniqueid=client, Linkedid=client),
+            frame(Event="Newstate", Timestamp=f"{t + 0.0001:.6f}", Channel=trunk, ChannelState="6",
+                  ChannelStateDesc="Up", Uniqueid=client, Linkedid=client),
+            frame(Event="Newchannel", Timestamp=f"{t + 0.0002:.6f}", Channel=phone, ChannelState="6",
+                  ChannelStateDesc="Up", CallerIDNum="101", Uniqueid=agent, Linkedid=client),
+            frame(Event="BridgeCreate", Timestamp=f"{t + 0.0003:.6f}", BridgeUniqueid=bridge,
+                  BridgeType="basic", BridgeTechnology="simple_bridge", BridgeNumChannels="0"),
+            frame(Event="BridgeEnter", Timestamp=f"{t + 0.0004:.6f}", BridgeUniqueid=bridge,
+                  BridgeTechnology="simple_bridge", BridgeNumChannels="1", Channel=trunk, ChannelState="6",
+                  ChannelStateDesc="Up", Uniqueid=client, Linkedid=client),
+            frame(Event="BridgeEnter", Timestamp=f"{t + 0.0005:.6f}", BridgeUniqueid=bridge,
+                  BridgeTechnology="simple_bridge", BridgeNumChannels="2", Channel=phone, ChannelState="6",
+                  ChannelStateDesc="Up", Uniqueid=agent, Linkedid=client),
+        ]  # fmt: skip
+        ends += [
+            frame(Event="Hangup", Timestamp=f"{t + 10:.6f}", Channel=trunk, Uniqueid=client, Cause="16"),
+            frame(Event="Hangup", Timestamp=f"{t + 10.0001:.6f}", Channel=phone, Uniqueid=agent, Cause="16"),
+        ]
+    return starts + ends
+
+
+async def test_burst_of_10000_events_is_applied_in_order() -> None:
+    """1,250 calls in 10,000 events at full speed: any reordering would change a talk time or lose a call."""
+    async with AmiSimulator(events_trace(burst_of_calls(1250)), secret=SECRET, speed=0) as sim:
+        found = await measure(sim)
+    assert len(found) == 1250
+    assert [c["client_number"] for c in found] == [f"+7495{n:07d}" for n in range(1250)]
+    assert all(abs(c["talk_seconds"] - 9.9995) < 0.001 for c in found)
+    assert all(c["consultants"] == ["101"] and not c["estimated"] for c in found)
+
+
+async def test_stop_closes_open_conversations_as_estimated() -> None:
+    trace = load_trace(TRACES / "ami_reconnect.session1.ami")  # ends mid-call
+    async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
+        found = await measure(sim)
+    (conversation,) = found
+    assert conversation["estimated"] is True
+    assert conversation["consultants"] == ["101"]
+
+
+async def test_a_failing_consumer_stops_the_pipeline() -> None:
+    async def broken(conversation: dict[str, Any]) -> None:
+        raise RuntimeError("database is gone")
+
+    trace = load_trace(TRACES / "inbound_answered.ami")
+    async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
+        pipeline = Pipeline(settings_for(sim.port), broken, sleep=RecordingSleep())
+        with pytest.raises(RuntimeError, match="database is gone"):
+            async with asyncio.timeout(GUARD):
+                await pipeline.run(asyncio.Event())
+        assert not pipeline.link.connected
+
+
+async def test_no_timestamp_trace_is_replayed_with_its_sidecar_timing() -> None:
+    path: Path = TRACES / "no-timestamps" / "inbound_answered.ami"
+    trace = load_trace(path)
+    times = [event.at for event in trace.events]
+    assert times == sorted(times) and times[-1] - times[0] > 5  # receive times, not all equal
+    async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
+        found = await measure(sim)
+    (conversation,) = found
+    assert conversation["consultants"] == ["101"]
