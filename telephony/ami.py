@@ -509,20 +509,33 @@ class AmiLink:
                 log.warning("ami.queue_backlog", queue_depth=self.queue_depth)
 
     async def _resync(self, protocol: AmiProtocol) -> None:
-        """CoreShowChannels + BridgeList; one `Resync` item where the second list completes."""
-        at = self.clock.now()
+        """CoreShowChannels + BridgeList; one `Resync` item where the second list completes.
+
+        A Ping goes first: Asterisk stamps its reply with its own clock, so the snapshot's time is
+        the PBX's even before any event has been seen (a replay's clock can be days behind ours).
+        """
+        sent_at = self.clock.now()
+        pbx_at: list[float] = []
         lists: dict[str, tuple[Message, ...]] = {}
+
+        def pinged(reply: Result) -> None:
+            stamp = reply.timestamp if isinstance(reply, Message) else None
+            if stamp is not None:
+                self.clock.observe(stamp)
+                pbx_at.append(stamp)
 
         def collected(kind: str) -> Callable[[Result], None]:
             def done(result: Result) -> None:
                 lists[kind] = result if isinstance(result, tuple) else ()
                 if len(lists) == 2:
+                    at = pbx_at[0] if pbx_at else sent_at
                     self._enqueue(Resync(at, lists["channels"], lists["bridges"], self._lost_at))
 
             return done
 
-        # Both sent at once, so the PBX lists them back to back, as close to one moment as it can.
+        # All sent at once, so the PBX answers them back to back, as close to one moment as it can.
         request = protocol.request
+        request({"Action": "Ping"}, on_done=pinged)
         channels = request({"Action": "CoreShowChannels"}, is_list=True, on_done=collected("channels"))
         bridges = request({"Action": "BridgeList"}, is_list=True, on_done=collected("bridges"))
         try:
