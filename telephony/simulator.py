@@ -46,6 +46,7 @@ log = structlog.get_logger("telephony.simulator")
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 _END = b"\r\n\r\n"
 _MARKER = b"#####"
+_BATCH = 256  # events per write when several are due at once (speed 0, bursts)
 #: events whose headers the simulator reads to know which channels and bridges exist
 STATE_EVENTS = frozenset(
     {
@@ -389,6 +390,7 @@ class AmiSimulator:
         self._server: asyncio.Server | None = None
         self._replay: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._batch: list[bytes] = []
         self._grace: asyncio.TimerHandle | None = None
         self.ready_grace = 0.5
         self._trace_now = trace.items[0].at if trace.items else 0.0
@@ -448,28 +450,32 @@ class AmiSimulator:
 
     async def _run_replay(self) -> None:
         loop = asyncio.get_running_loop()
-        origin = loop.time()
         first = self._trace_now
         await self._ready.wait()
         origin = loop.time()
         for item in self.trace.items:
             if isinstance(item, Drop):
+                await self._flush()
                 if self.drop_at_markers:
                     origin += await self._drop_and_wait()
                 continue
             if self.speed > 0:
                 delay = origin + (item.at - first) / self.speed - loop.time()
                 if delay > 0:
+                    await self._flush()
                     await asyncio.sleep(delay)
             self._trace_now = item.at
             self.state.apply(item)
-            await self._broadcast(item.raw)
+            self._batch.append(item.raw)
             self.sent_events += 1
             cue = self.cues.get(self.sent_events)
+            if cue is not None or len(self._batch) >= _BATCH:
+                await self._flush()
             if cue == "drop":
                 origin += await self._drop_and_wait()
             elif cue == "stall":
                 self.stall()
+        await self._flush()
         self.finished.set()
         log.info("simulator.trace_done", events=self.sent_events)
 
@@ -484,19 +490,24 @@ class AmiSimulator:
         await self._ready.wait()
         return time.monotonic() - started
 
-    async def _broadcast(self, raw: bytes) -> None:
+    async def _flush(self) -> None:
+        """Send the events due so far: one write per batch (events that are due together)."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
         receivers = [client for client in self._clients if client.logged_in]
         if self.split_writes is not None:
-            for client in receivers:
-                await self._write_split(client, raw, self.split_writes(raw))
+            for raw in batch:
+                for client in receivers:
+                    await self._write_split(client, raw, self.split_writes(raw))
             return
+        data = b"".join(batch)
         for client in receivers:
-            client.write(raw)
+            client.write(data)
             if client.writer.transport.get_write_buffer_size() > 1 << 20:
                 with contextlib.suppress(ConnectionError):
                     await client.writer.drain()
-        if self.speed == 0 and self.sent_events % 256 == 0:
-            await asyncio.sleep(0)  # let the clients (same loop in tests) read
+        await asyncio.sleep(0)  # let the clients (the same loop, in tests) read
 
     async def _write_split(self, client: _Client, raw: bytes, cuts: Sequence[int]) -> None:
         # Separate writes with a pause between them, so the pieces arrive in separate TCP reads.
