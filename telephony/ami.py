@@ -327,8 +327,8 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
 
     def abort(self, reason: str) -> None:
         """Drop the connection now (no FIN handshake to wait for: the peer may be gone)."""
-        self.lost_reason = reason
         if not self.closed:
+            self.lost_reason = reason  # the first reason is the true one
             self.closed = True
             self.transport.abort()
 
@@ -464,14 +464,18 @@ class AmiLink:
         started = time.monotonic()
         log.info("ami.session_started", user=self.config.user, version=protocol.version,
                  session=self.sessions)  # fmt: skip
-        helpers = [
-            asyncio.create_task(self._resync(protocol), name="ami-resync"),
-            asyncio.create_task(self._keepalive(protocol), name="ami-keepalive"),
-        ]
+        resync = asyncio.create_task(self._resync(protocol), name="ami-resync")
+        keepalive = asyncio.create_task(self._keepalive(protocol), name="ami-keepalive")
+        helpers = [resync, keepalive]
         stopping = asyncio.create_task(self._stopping.wait(), name="ami-stop-wait")
         lost: asyncio.Future[Any] = protocol.lost
         try:
-            await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            # The keepalive is watched too: a session whose pings stopped would never notice a
+            # half-open link, so if it dies of a bug the session is dropped and started afresh.
+            await asyncio.wait({lost, stopping, keepalive}, return_when=asyncio.FIRST_COMPLETED)
+            if keepalive.done() and not keepalive.cancelled() and keepalive.exception() is not None:
+                log.error("ami.keepalive_failed", error=repr(keepalive.exception()))
+                protocol.abort("keepalive failed")
             if self._stopping.is_set() and not protocol.closed:
                 await self._logoff(protocol)
         finally:
