@@ -18,7 +18,8 @@ socket takes it). Its time is its `Timestamp` header, or for traces recorded wit
 receive time from the `.ami.timing` sidecar.
 
 While replaying, the simulator keeps the channels and bridges that exist at the current position
-(Newchannel/Newstate/Rename/Hangup, BridgeCreate/Enter/Leave/Merge/Destroy), so `CoreShowChannels`
+(Newchannel/Newstate/Rename/Hangup, BridgeCreate/Enter/Leave/Destroy; a `BridgeMerge` is followed
+by a BridgeLeave/BridgeEnter per moved channel in the recorded streams), so `CoreShowChannels`
 and `BridgeList` answer, as Asterisk does, with an event list describing the present.
 
 Faults on cue, for the connection tests: drop every connection (`drop_now`, `drop_after`, markers),
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -51,7 +53,7 @@ _BATCH = 256  # events per write when several are due at once (speed 0, bursts)
 STATE_EVENTS = frozenset(
     {
         "Newchannel", "Newstate", "NewCallerid", "NewConnectedLine", "Newexten", "Rename", "Hangup",
-        "BridgeCreate", "BridgeEnter", "BridgeLeave", "BridgeMerge", "BridgeDestroy",
+        "BridgeCreate", "BridgeEnter", "BridgeLeave", "BridgeDestroy",
     }
 )  # fmt: skip
 _CHANNEL_FIELDS = (
@@ -275,19 +277,6 @@ class PbxState:
         if channel is not None:
             channel.bridge = ""
 
-    def on_bridgemerge(self, h: dict[str, str], at: float) -> None:
-        # Asterisk moves the members without a BridgeLeave/BridgeEnter of their own.
-        source = self.bridges.get(h.get("FromBridgeUniqueid", ""))
-        target_id = h.get("ToBridgeUniqueid", "")
-        target = self.bridges.get(target_id)
-        if source is None or target is None:
-            return
-        for uniqueid in source.members:
-            target.members.add(uniqueid)
-            if uniqueid in self.channels:
-                self.channels[uniqueid].bridge = target_id
-        source.members.clear()
-
     def on_bridgedestroy(self, h: dict[str, str], at: float) -> None:
         self.bridges.pop(h.get("BridgeUniqueid", ""), None)
 
@@ -387,6 +376,7 @@ class AmiSimulator:
         self.state = PbxState()
         self.finished = asyncio.Event()
         self._clients: set[_Client] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._replay: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -407,10 +397,15 @@ class AmiSimulator:
             self._replay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replay
-        for client in list(self._clients):
-            client.close()
+        self._set_ready(False)  # also cancels a pending grace timer
         if self._server is not None:
             self._server.close()
+        for client in list(self._clients):
+            client.close()
+        if self._handlers:
+            # Closing a client ends its handler's read; wait so no task outlives the server.
+            await asyncio.wait(self._handlers, timeout=1.0)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def __aenter__(self) -> AmiSimulator:
@@ -538,6 +533,10 @@ class AmiSimulator:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
         self._clients.add(client)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         try:
             client.write(BANNER)
             buffer = b""
