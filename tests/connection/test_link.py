@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from telephony.ami import (
     ActionTimeout,
     AmiLink,
+    AmiProtocol,
     Backoff,
     Item,
     NotConnected,
@@ -301,3 +302,60 @@ async def test_reconnect_resyncs_with_what_exists_mid_call() -> None:
 
 def _messages(items: list[Item]) -> list[Message]:
     return [item.message for item in items if isinstance(item, Received)]
+
+
+class _Recorder(asyncio.Transport):
+    """A transport that keeps what the protocol writes, to read back the ActionIDs it chose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+
+    def write(self, data: Any) -> None:
+        self.written += bytes(data)
+
+    def action_ids(self) -> dict[str, str]:
+        found = {}
+        for block in self.written.decode().split("\r\n\r\n"):
+            headers = dict(line.split(": ", 1) for line in block.split("\r\n") if ": " in line)
+            if "Action" in headers:
+                found[headers["Action"]] = headers["ActionID"]
+        return found
+
+
+async def test_the_snapshot_sits_where_the_lists_complete_among_live_events() -> None:
+    """Live events that arrive while the lists are being sent stay before the snapshot; later ones after."""
+    link = AmiLink(link_config(1))
+    protocol = AmiProtocol(link)
+    transport = _Recorder()
+    protocol.connection_made(transport)
+    resync = asyncio.create_task(link._resync(protocol))
+    await asyncio.sleep(0)  # one turn of the loop: the task sends its three actions
+    ids = transport.action_ids()
+    ping, channels, bridges = ids["Ping"], ids["CoreShowChannels"], ids["BridgeList"]
+    protocol.data_received(
+        frame(Response="Success", ActionID=ping, Ping="Pong", Timestamp="1800000000.5")
+        + frame(Response="Success", ActionID=channels, EventList="start")
+        + frame(Event="CoreShowChannel", ActionID=channels, Channel="PJSIP/trunk-1", Uniqueid="1.1")
+        + frame(Event="Newstate", Uniqueid="1.1", Seq="A")
+        + frame(Event="CoreShowChannelsComplete", ActionID=channels, EventList="Complete", ListItems="1")
+        + frame(Response="Success", ActionID=bridges, EventList="start")
+        + frame(Event="Hangup", Uniqueid="9.9", Seq="B")
+        + frame(Event="BridgeListComplete", ActionID=bridges, EventList="Complete", ListItems="0")
+        + frame(Event="Newstate", Uniqueid="1.1", Seq="C")
+    )
+    await resync
+    order = []
+    while not link.queue.empty():
+        item = link.queue.get_nowait()
+        order.append(item.message.get("Seq") if isinstance(item, Received) else type(item).__name__)
+    assert order == ["A", "B", "Resync", "C"]
+    protocol.connection_lost(None)
+
+
+async def test_the_snapshot_is_dated_by_the_pbx_clock_from_the_ping_reply() -> None:
+    async with simulator(simple_trace([NEWCHANNEL])) as sim:
+        link = AmiLink(link_config(sim.port), sleep=RecordingSleep())
+        async with running(link):
+            resync, _ = await next_of(link.queue, Resync)
+    assert resync.at == pytest.approx(sim.trace.items[0].at, abs=1e-3)  # the trace's clock, not ours
