@@ -10,7 +10,8 @@ and a stalled database must not cost us the PBX's events. The queue depth is log
 
 Items: `SessionStarted` (logged in), `Received` (an event, with its receive time on the event
 clock), `Resync` (the `CoreShowChannels` + `BridgeList` answer after each login, at the place in
-the stream where the lists completed, stamped with the time the request was sent), `SessionLost`.
+the stream where the lists completed, stamped with the time the request was sent as the PBX's
+clock tells it: a `Ping`, whose reply Asterisk stamps, is sent just before the lists), `SessionLost`.
 
 Everything that must keep stream order is done synchronously inside `data_received`: the event
 callback, the login result (`SessionStarted`) and the completion of the resync lists (`Resync`).
