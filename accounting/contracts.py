@@ -165,8 +165,8 @@ def parse_contract_row(row: Mapping[str, str | None]) -> Contract:
         prepaid_minutes=_count(row, "prepaid_minutes"),
         rate_per_minute=rate,
         currency=currency.upper() if currency else None,
-        billing_increment_seconds=_count(row, "billing_increment_seconds") or 1,
-        minimum_billable_seconds=_count(row, "minimum_billable_seconds") or 0,
+        billing_increment_seconds=_or(_count(row, "billing_increment_seconds"), 1),
+        minimum_billable_seconds=_or(_count(row, "minimum_billable_seconds"), 0),
         short_call_seconds=_count(row, "short_call_seconds"),
         overage=_overage(overage, rate),
         hold_billable=True if hold is None else hold,
@@ -180,6 +180,10 @@ def check_timezone(name: str) -> None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
         raise InvalidRow(f"timezone {name!r} is not an IANA time zone") from error
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _overage(value: str | None, rate: Decimal | None) -> Overage:

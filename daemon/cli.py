@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "daemon.commands.simulate",
     "daemon.commands.watch",
     "daemon.commands.demo",
+    "daemon.commands.accounting",
 )
 
 

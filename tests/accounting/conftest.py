@@ -4,34 +4,13 @@ and every test gets its own copy (`CREATE DATABASE … TEMPLATE …`, a file cop
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from accounting_db import admin, dsn_for, unique_name
 
 from accounting.migrate import migrate
-
-ADMIN_DSN = os.environ.get("TALKMETER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def dsn_for(database: str) -> str:
-    parts = urlsplit(ADMIN_DSN)
-    return urlunsplit(parts._replace(path="/" + database))
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-
-
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _build_template(name: str) -> None:

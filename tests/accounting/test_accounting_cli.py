@@ -1,0 +1,133 @@
+"""The accounting commands end to end: migrate, import, a conversation recorded, rerate, report."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from accounting_db import admin, dsn_for, unique_name
+from accounting_helpers import conversation_dict
+
+from accounting.ledger import record_conversation
+from daemon.cli import main
+
+pytestmark = pytest.mark.db
+
+CLIENTS = "client_id,name,timezone,numbers\nC1,Romashka LLC,,84951234567\n"
+CONTRACTS = (
+    "contract_id,client_id,valid_from,valid_to,free_daily_minutes,free_days_per_week,prepaid_minutes,"
+    "rate_per_minute,currency,billing_increment_seconds,minimum_billable_seconds,short_call_seconds,"
+    "overage,hold_billable,lines,alert_thresholds\n"
+    "K1,C1,2026-11-01,,15,,60,2.00,RUB,60,,10,bill,true,,80\n"
+)
+
+
+@pytest.fixture
+def database(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty database, configured through TALKMETER_DATABASE_URL as a user would."""
+    name = unique_name("tm_cli")
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", dsn_for(name))
+    monkeypatch.delenv("TALKMETER_CONFIG", raising=False)
+    yield dsn_for(name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def query(dsn: str, sql: str) -> list[Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+async def record(dsn: str, *conversations: dict[str, Any]) -> None:
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+        for conversation in conversations:
+            await record_conversation(pool, conversation)
+
+
+def test_month_end_from_the_command_line(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "report", "monthly", "--month", "2026-11")
+    assert code == 2 and "run `talkmeter migrate`" in err
+    assert run(capsys, "migrate")[1] == "applied 0001_initial.sql\n"
+    assert run(capsys, "migrate")[1] == "schema is up to date\n"
+
+    clients, contracts = tmp_path / "clients.csv", tmp_path / "contracts.csv"
+    clients.write_text(CLIENTS)
+    contracts.write_text(CONTRACTS)
+    assert run(capsys, "import", "clients", str(clients))[0] == 0
+    assert run(capsys, "import", "contracts", str(contracts))[0] == 0
+
+    asyncio.run(
+        record(
+            database,
+            conversation_dict("a", "2026-11-24T10:00:00+03:00", (2, 600)),
+            conversation_dict("b", "2026-11-24T11:00:00+03:00", (2, 5)),  # short call
+            conversation_dict("c", "2026-11-24T12:00:00+03:00", (2, 4000.5)),
+        )
+    )
+    code, out, _ = run(capsys, "report", "monthly", "--month", "2026-11", "--format", "csv")
+    assert code == 0
+    [line] = list(csv.DictReader(io.StringIO(out)))
+    assert line["client_id"] == "C1" and line["conversations"] == "3"
+    assert Decimal(line["free_seconds"]) == 900
+    assert Decimal(line["prepaid_seconds"]) == 3600
+    assert Decimal(line["talk_seconds"]) == Decimal("4605.500")
+    # c: 5 free + 60 prepaid minutes, then 100.5 s paid -> two started minutes at 2.00.
+    assert (line["billable_seconds"], line["amount"], line["currency"]) == ("120", "4.00", "RUB")
+    assert Decimal(line["prepaid_remaining_seconds"]) == 0
+
+    code, table, _ = run(capsys, "report", "monthly", "--month", "2026-11", "--client", "C1")
+    assert code == 0 and "Romashka LLC" in table and "4.00 RUB" in table and "1:16:45" in table
+
+    # The contract gets cheaper: rerate posts one adjustment.
+    contracts.write_text(CONTRACTS.replace("2.00,RUB", "1.00,RUB"))
+    assert run(capsys, "import", "contracts", str(contracts))[0] == 0
+    assert run(capsys, "rerate")[1] == "re-rated 1 client(s), posted 1 ledger row(s)\n"
+    total = asyncio.run(query(database, "SELECT sum(amount) AS s FROM talkmeter.conversation_charges"))
+    assert total[0]["s"] == Decimal("2.00")
+
+
+def test_a_bad_file_writes_nothing_and_names_the_lines(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "migrate")
+    clients = tmp_path / "clients.csv"
+    clients.write_text(CLIENTS + "C2,Second,,84951230000\nC3,,Nowhere/City,\n")
+    code, _, err = run(capsys, "import", "clients", str(clients))
+    assert code == 2
+    assert f"{clients}: line 4: name is empty" in err
+    assert "nothing imported" in err
+    assert asyncio.run(query(database, "SELECT * FROM talkmeter.clients")) == []
+
+
+def test_errors_never_show_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(
+        "TALKMETER_DATABASE_URL", dsn_for("tm_no_such_db").replace("postgres@", "postgres:s3cret@")
+    )
+    code, out, err = run(capsys, "migrate")
+    assert code == 2 and "database error" in err
+    assert "s3cret" not in out + err
+
+
+def test_a_bad_month_is_a_usage_error(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "report", "monthly", "--month", "November")
+    assert code == 2 and "month must look like 2026-11" in err
