@@ -150,3 +150,31 @@ async def test_no_timestamp_trace_is_replayed_with_its_sidecar_timing() -> None:
         found = await measure(sim)
     (conversation,) = found
     assert conversation["consultants"] == ["101"]
+
+
+async def test_call_that_ends_during_an_outage_is_closed_as_estimated() -> None:
+    """The link is dropped mid-call and the PBX runs on: the hangup is never seen, the snapshot says so."""
+    trace = load_trace(TRACES / "inbound_answered.ami")
+    names = [event.name for event in trace.events]
+    answered = [i for i, name in enumerate(names) if name == "BridgeEnter"][1] + 1  # client and 101 bridged
+    found: list[dict[str, Any]] = []
+    ended = asyncio.Event()
+
+    async def collect(conversation: dict[str, Any]) -> None:
+        found.append(conversation)
+        ended.set()
+
+    async with AmiSimulator(trace, secret=SECRET, speed=0, pause_after_drop=False) as sim:
+        sim.drop_after(answered + 50)
+        pipeline = Pipeline(settings_for(sim.port), collect, sleep=RecordingSleep())
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(stop))
+        async with asyncio.timeout(GUARD):
+            await ended.wait()
+            stop.set()
+            await task
+    (conversation,) = found
+    (expected,) = truth("inbound_answered")
+    assert conversation["estimated"] is True
+    assert conversation["consultants"] == ["101"]
+    assert 0 < conversation["talk_seconds"] < expected["talk_seconds"]  # cut at the last sign of life
