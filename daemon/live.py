@@ -16,7 +16,8 @@ applied event.
 Supervision: if either task ends or fails, everything stops and the failure is raised. Stopping
 (the `stop` event) is graceful and bounded: the link logs off (no new work), the consumer drains the
 queue for at most `grace` seconds, open conversations are closed as estimated at their last known
-moment (`close_all`) and handed over, and then anything left is cancelled.
+moment (`close_all`) and handed over, or, with `on_stop`, handed to it to checkpoint, and then
+anything left is cancelled.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ import structlog
 from daemon.commands.replay import tracker_from
 from daemon.settings import Settings
 from telephony.ami import AmiLink, Item, LinkConfig, Received, Resync, SessionLost, SessionStarted, Sleep
-from telephony.calls import WANTED_EVENTS, Snapshot
+from telephony.calls import WANTED_EVENTS, CallTracker, Snapshot
 from telephony.effects import Anomaly, ConversationEnded, Effect
 
 log = structlog.get_logger("daemon.live")
 
 OnConversation = Callable[[dict[str, Any]], Awaitable[None]]
 OnEffect = Callable[[Effect], None]
+OnStop = Callable[[CallTracker, float], Awaitable[None]]
 TICK_SECONDS = 1.0
 
 
@@ -52,11 +54,16 @@ class Pipeline:
         on_conversation: OnConversation,
         *,
         on_effect: OnEffect | None = None,
+        tracker: CallTracker | None = None,
+        on_stop: OnStop | None = None,
         sleep: Sleep = asyncio.sleep,
         grace: float = 5.0,
     ) -> None:
+        """`tracker`: a restored one (default: a fresh one from `settings`). `on_stop(tracker, now)`:
+        called at a graceful stop instead of closing open conversations (to checkpoint them)."""
         self.link = AmiLink(LinkConfig.from_settings(settings), wanted=WANTED_EVENTS, sleep=sleep)
-        self.tracker = tracker_from(settings)
+        self.tracker = tracker or tracker_from(settings)
+        self.on_stop = on_stop
         self.on_conversation = on_conversation
         self.on_effect = on_effect
         self.grace = grace
@@ -101,8 +108,12 @@ class Pipeline:
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
         remaining = max(0.1, deadline - time.monotonic())
+        if self.on_stop is not None:
+            finishing = self.on_stop(self.tracker, self.link.clock.now())
+        else:
+            finishing = self._handle_all(self.tracker.close_all())
         try:
-            await asyncio.wait_for(self._handle_all(self.tracker.close_all()), remaining)
+            await asyncio.wait_for(finishing, remaining)
         except TimeoutError:
             log.warning("pipeline.close_timeout")
         log.info("pipeline.stopped", applied=self.applied)
@@ -173,9 +184,15 @@ async def follow(
     stop: asyncio.Event,
     *,
     on_effect: OnEffect | None = None,
+    tracker: CallTracker | None = None,
+    on_stop: OnStop | None = None,
 ) -> None:
-    """Follow the PBX of `settings` until `stop` is set; `on_conversation(json)` for each one that ends."""
-    await Pipeline(settings, on_conversation, on_effect=on_effect).run(stop)
+    """Follow the PBX of `settings` until `stop` is set; `on_conversation(json)` for each one that ends.
+
+    See `Pipeline` for `tracker` (restored state) and `on_stop` (checkpoint instead of closing).
+    """
+    pipeline = Pipeline(settings, on_conversation, on_effect=on_effect, tracker=tracker, on_stop=on_stop)
+    await pipeline.run(stop)
 
 
 @contextlib.contextmanager

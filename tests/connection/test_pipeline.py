@@ -12,6 +12,7 @@ import pytest
 from daemon.commands.demo import demo
 from daemon.live import Pipeline
 from daemon.settings import Settings, load_settings
+from telephony.calls import CallTracker
 from telephony.simulator import AmiSimulator, events_trace, load_trace
 
 from .helpers import GUARD, SECRET, TRACES, RecordingSleep, frame
@@ -178,3 +179,28 @@ async def test_call_that_ends_during_an_outage_is_closed_as_estimated() -> None:
     assert conversation["estimated"] is True
     assert conversation["consultants"] == ["101"]
     assert 0 < conversation["talk_seconds"] < expected["talk_seconds"]  # cut at the last sign of life
+
+
+async def test_on_stop_receives_the_open_calls_instead_of_closing_them() -> None:
+    """The daemon checkpoints conversations in progress at shutdown rather than ending them."""
+    saved: list[dict[str, Any]] = []
+    found: list[dict[str, Any]] = []
+
+    async def collect(conversation: dict[str, Any]) -> None:
+        found.append(conversation)
+
+    async def checkpoint(tracker: CallTracker, now: float) -> None:
+        saved.extend(tracker.checkpoint(now))
+
+    trace = load_trace(TRACES / "ami_reconnect.session1.ami")  # ends mid-call
+    async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
+        pipeline = Pipeline(settings_for(sim.port), collect, on_stop=checkpoint, sleep=RecordingSleep())
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(stop))
+        async with asyncio.timeout(GUARD):
+            await sim.finished.wait()
+            await pipeline.settle()
+            stop.set()
+            await task
+    assert found == []
+    assert len(saved) == 1
