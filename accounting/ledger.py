@@ -20,16 +20,19 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import structlog
 
 from accounting import store
-from accounting.conversations import Talk, parse_conversation
+from accounting.conversations import FinishedConversation, Talk, parse_conversation
 from accounting.postings import plan_postings
 from accounting.queries import QUERIES
 from accounting.rating import Charge, choose_contract, rate_client
+
+log = structlog.get_logger("talkmeter.accounting")
 
 RecordStatus = Literal["rated", "duplicate", "unanswered", "no_contract", "withheld", "unknown", "ambiguous"]
 
@@ -59,13 +62,29 @@ class Settlement:
 async def record_conversation(pool: asyncpg.Pool, conversation: Mapping[str, Any]) -> RecordResult:
     """Store, attribute and rate one finished conversation (the call tracker's JSON dict)."""
     record = parse_conversation(conversation)
+    result = await _record(pool, record)
+    charge = result.charge
+    log.info(
+        "conversation_recorded",
+        conversation_id=result.conversation_id,
+        status=result.status,
+        client_id=result.client_id,
+        contract_id=result.contract_id,
+        talk_ms=record.talk.talk_ms,
+        amount=None if charge is None else str(charge.amount),
+        postings=result.postings,
+    )
+    return result
+
+
+async def _record(pool: asyncpg.Pool, record: FinishedConversation) -> RecordResult:
     async with _retryable(), pool.acquire() as conn, conn.transaction():
         if not await store.insert_conversation(conn, record):
             return RecordResult(record.conversation_id, "duplicate")
         client_id, status = await store.resolve(conn, record.conversation_id)
         if client_id is None:
             await store.set_attribution(conn, record.conversation_id, None, status)
-            return RecordResult(record.conversation_id, status)  # type: ignore[arg-type]
+            return RecordResult(record.conversation_id, cast(RecordStatus, status))
         await store.lock_client(conn, client_id)
         await store.set_attribution(conn, record.conversation_id, client_id, status)
         return await _rate_new(conn, client_id, record.talk)

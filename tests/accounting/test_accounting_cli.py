@@ -82,6 +82,7 @@ def test_month_end_from_the_command_line(
             conversation_dict("c", "2026-11-24T12:00:00+03:00", (2, 4000.5)),
         )
     )
+    capsys.readouterr()  # the canonical log lines of record_conversation
     code, out, _ = run(capsys, "report", "monthly", "--month", "2026-11", "--format", "csv")
     assert code == 0
     [line] = list(csv.DictReader(io.StringIO(out)))

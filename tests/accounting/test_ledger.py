@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 from accounting_helpers import contract, conversation_dict
+from structlog.testing import capture_logs
 
 from accounting import store
 from accounting.contracts import Client
@@ -330,3 +331,22 @@ async def test_the_writer_role_can_record(db_dsn: str, conn: asyncpg.Connection)
         await record_conversation(writer, conversation_dict("x0", "2026-11-24T09:59:00+03:00", (0, 600)))
     assert result.status == "rated"
     assert await ledger_rows(conn) == 3
+
+
+async def test_one_canonical_log_line_per_conversation(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    await seed(conn)
+    with capture_logs() as logs:
+        await record_conversation(pool, conversation_dict("x1", "2026-11-24T10:00:00+03:00", (0, 1200)))
+    assert logs == [
+        {
+            "event": "conversation_recorded",
+            "log_level": "info",
+            "conversation_id": "x1",
+            "status": "rated",
+            "client_id": "C1",
+            "contract_id": "K1",
+            "talk_ms": 1_200_000,
+            "amount": "10.00",
+            "postings": 1,
+        }
+    ]
