@@ -89,7 +89,8 @@ def _parse(data: Mapping[str, Any]) -> FinishedConversation:
     if direction not in ("inbound", "outbound"):
         raise ValueError(f"direction {direction!r}")
     intervals = tuple(_interval(segment) for segment in data.get("segments") or ())
-    _check_intervals(intervals)
+    started_at, ended_at = parse_time(data["started_at"]), parse_time(data["ended_at"])
+    _check_intervals(intervals, to_ms(started_at), to_ms(ended_at))
     wait = data.get("wait_seconds")
     conversation_id = str(data["conversation_id"])
     if not conversation_id:
@@ -102,9 +103,9 @@ def _parse(data: Mapping[str, Any]) -> FinishedConversation:
         client_number_raw=str(data.get("client_number_raw") or ""),
         line=data.get("line") or None,
         consultants=tuple(str(name) for name in data.get("consultants") or ()),
-        started_at=parse_time(data["started_at"]),
+        started_at=started_at,
         answered_at=parse_time(data["answered_at"]) if data.get("answered_at") else None,
-        ended_at=parse_time(data["ended_at"]),
+        ended_at=ended_at,
         wait_ms=None if wait is None else round(float(wait) * 1000),
         estimated=bool(data.get("estimated", False)),
         intervals=intervals,
@@ -121,7 +122,12 @@ def _interval(segment: Mapping[str, Any]) -> Interval:
     )
 
 
-def _check_intervals(intervals: Sequence[Interval]) -> None:
+def _check_intervals(intervals: Sequence[Interval], started_ms: int, ended_ms: int) -> None:
+    # Re-rating from a frontier relies on talk lying within [started_at, ended_at].
+    if ended_ms < started_ms:
+        raise ValueError("the conversation ends before it starts")
+    if intervals and (intervals[0].start_ms < started_ms or intervals[-1].end_ms > ended_ms):
+        raise ValueError("a segment lies outside the conversation's start and end")
     previous_end: int | None = None
     for interval in intervals:
         if interval.end_ms < interval.start_ms:

@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -27,10 +28,11 @@ import asyncpg
 import structlog
 
 from accounting import store
-from accounting.conversations import FinishedConversation, Talk, parse_conversation
+from accounting.contracts import Client, Contract
+from accounting.conversations import FinishedConversation, Talk, from_ms, parse_conversation, to_ms
 from accounting.postings import plan_postings
 from accounting.queries import QUERIES
-from accounting.rating import Charge, choose_contract, rate_client
+from accounting.rating import Charge, choose_contract, local_date, rate_client
 
 log = structlog.get_logger("talkmeter.accounting")
 
@@ -101,9 +103,7 @@ async def _rate_new(conn: asyncpg.Connection, client_id: str, talk: Talk) -> Rec
     if contract is None:
         await store.set_match_statuses(conn, {conversation_id: "no_contract"})
         return RecordResult(conversation_id, "no_contract", client_id)
-    settlement = await settle_client(
-        conn, client_id, [contract.contract_id], f"conversation {conversation_id}"
-    )
+    settlement = await _settle_from(conn, client, contracts, contract, talk)
     return RecordResult(
         conversation_id,
         "rated",
@@ -112,6 +112,28 @@ async def _rate_new(conn: asyncpg.Connection, client_id: str, talk: Talk) -> Rec
         settlement.charges.get(conversation_id),
         settlement.postings,
     )
+
+
+async def _settle_from(
+    conn: asyncpg.Connection, client: Client, contracts: list[Contract], contract: Contract, new: Talk
+) -> Settlement:
+    """Re-rate one contract from the frontier of a new conversation on (see the module comment)."""
+    zone = ZoneInfo(client.timezone)
+    since, until = store.window([contract])
+    front = await store.frontier(conn, client.client_id, from_ms(new.started_ms))
+    talks, _ = await store.load_talks(
+        conn, client.client_id, front if since is None else max(front, since), until
+    )
+    # Days before the frontier's week cannot take free time or week slots any more.
+    first_day = local_date(to_ms(front), zone) - timedelta(days=7)
+    prior = await store.prior_usage(conn, contract, front, first_day)
+    only = frozenset({contract.contract_id})
+    rating = rate_client(contracts, client.timezone, talks, only, {contract.contract_id: prior})
+    desired = {(charge.conversation_id, charge.contract_id): charge for charge in rating.charges}
+    posted = await store.load_posted(conn, client.client_id, [contract.contract_id], front)
+    postings = plan_postings(desired, posted)
+    await store.post(conn, client.client_id, postings, f"conversation {new.conversation_id}")
+    return Settlement({charge.conversation_id: charge for charge in rating.charges}, len(postings))
 
 
 async def settle_client(

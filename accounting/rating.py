@@ -57,7 +57,7 @@ prepaid and paid milliseconds per local day (`days`) so that daily views stay ex
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -112,6 +112,17 @@ class Charge:
 
 
 @dataclass(frozen=True, slots=True)
+class PriorUsage:
+    """What conversations rated earlier consumed of a contract's allowances, when they all
+    ended before the first conversation now being rated started (see `ledger`): free
+    milliseconds per local day (a day with some free use holds one of its week's slots) and
+    prepaid milliseconds in total."""
+
+    free_by_day: Mapping[date, int] = field(default_factory=dict)
+    prepaid_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRating:
     charges: tuple[Charge, ...]
     uncovered: tuple[str, ...]
@@ -119,9 +130,14 @@ class ClientRating:
 
 
 def rate_client(
-    contracts: Iterable[Contract], timezone: str, talks: Iterable[Talk], only: frozenset[str] | None = None
+    contracts: Iterable[Contract],
+    timezone: str,
+    talks: Iterable[Talk],
+    only: frozenset[str] | None = None,
+    prior: Mapping[str, PriorUsage] | None = None,
 ) -> ClientRating:
-    """Rate a client's conversations; with `only`, just the conversations of those contracts."""
+    """Rate a client's conversations; with `only`, just the conversations of those contracts;
+    `prior` gives, per contract, what earlier conversations not in `talks` consumed."""
     zone = ZoneInfo(timezone)
     contract_list = list(contracts)
     groups: dict[str, list[Talk]] = defaultdict(list)
@@ -138,7 +154,8 @@ def rate_client(
     charges: list[Charge] = []
     for contract_id in sorted(groups):
         if only is None or contract_id in only:
-            charges.extend(rate_contract(by_id[contract_id], timezone, groups[contract_id]))
+            usage = (prior or {}).get(contract_id)
+            charges.extend(rate_contract(by_id[contract_id], timezone, groups[contract_id], usage))
     return ClientRating(tuple(charges), tuple(uncovered))
 
 
@@ -151,13 +168,15 @@ def choose_contract(contracts: Sequence[Contract], talk: Talk, zone: ZoneInfo) -
     return min(covering, key=lambda c: (not c.lines, -c.valid_from.toordinal(), c.contract_id))
 
 
-def rate_contract(contract: Contract, timezone: str, talks: Iterable[Talk]) -> list[Charge]:
-    """One charge per conversation, all rated together under `contract`."""
+def rate_contract(
+    contract: Contract, timezone: str, talks: Iterable[Talk], prior: PriorUsage | None = None
+) -> list[Charge]:
+    """One charge per conversation, all rated together under `contract`, after `prior`."""
     zone = ZoneInfo(timezone)
     ordered = sorted(talks, key=_rank)
     counted = [_counted_intervals(contract, talk) for talk in ordered]
     meters = [_Meter() for _ in ordered]
-    pools = _Pools(contract)
+    pools = _Pools(contract, prior or PriorUsage())
     for start, end, active in _stretches([intervals for intervals, _ in counted], zone):
         pools.draw(local_date(start, zone), start, end - start, [meters[index] for index in active])
     return [
@@ -234,6 +253,11 @@ def _midnights(start_ms: int, end_ms: int, zone: ZoneInfo) -> Iterator[int]:
         day += timedelta(days=1)
 
 
+def _week(day: date) -> tuple[int, int]:
+    year, week, _ = day.isocalendar()
+    return year, week
+
+
 def _share(taken: int, rank: int, active: int) -> int:
     """How many of the first `taken` milliseconds drawn by `active` conversations at once fall
     to the one with this rank: the draws go round the conversations one millisecond each."""
@@ -264,12 +288,15 @@ class _Meter:
 class _Pools:
     """The contract's allowances: free per local day (with the week's day slots) and prepaid."""
 
-    def __init__(self, contract: Contract) -> None:
+    def __init__(self, contract: Contract, prior: PriorUsage) -> None:
         self.free_cap = contract.free_daily_ms
         self.week_limit = contract.free_days_per_week
-        self.prepaid_left = contract.prepaid_ms or 0
-        self.free_used: dict[date, int] = defaultdict(int)
+        self.prepaid_left = max(0, (contract.prepaid_ms or 0) - prior.prepaid_ms)
+        self.free_used: dict[date, int] = defaultdict(int, prior.free_by_day)
         self.week_days: dict[tuple[int, int], set[date]] = defaultdict(set)
+        for day, free in prior.free_by_day.items():
+            if free > 0:
+                self.week_days[_week(day)].add(day)
 
     def draw(self, day: date, start: int, length: int, meters: Sequence[_Meter]) -> None:
         """`len(meters)` conversations talk together for `length` ms from `start` on `day`."""
@@ -286,8 +313,7 @@ class _Pools:
     def _take_free(self, day: date, demand: int) -> int:
         if self.free_cap is None:
             return 0
-        year, week, _ = day.isocalendar()
-        days = self.week_days[(year, week)]
+        days = self.week_days[_week(day)]
         if self.week_limit is not None and day not in days and len(days) >= self.week_limit:
             return 0
         taken = min(self.free_cap - self.free_used[day], demand)

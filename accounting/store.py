@@ -17,6 +17,7 @@ from accounting.contracts import Client, Contract
 from accounting.conversations import FinishedConversation, Interval, Talk, from_ms, to_ms
 from accounting.postings import DayCounts, Key, LedgerState, Posting
 from accounting.queries import QUERIES
+from accounting.rating import PriorUsage
 
 # Contract validity is in client-local dates; any zone is within ±14 h of UTC, so this margin
 # loads every conversation a contract might cover (rating filters by the exact local date).
@@ -143,30 +144,64 @@ async def load_talks(
     return talks, {row["conversation_id"]: row["status"] for row in rows}
 
 
+async def frontier(conn: asyncpg.Connection, client_id: str, start: datetime) -> datetime:
+    """The earliest moment from which re-rating is exact: no conversation of the client that
+    started before it was still going on at it (conversations overlapping are pulled in)."""
+    while True:
+        earliest = await conn.fetchval(QUERIES["earliest_start_still_talking"], client_id, start)
+        if earliest is None or earliest >= start:
+            return start
+        start = earliest
+
+
+async def prior_usage(
+    conn: asyncpg.Connection, contract: Contract, before: datetime, from_day: date
+) -> PriorUsage:
+    """What the contract's conversations started before `before` consumed (free from `from_day`);
+    the ledger is only asked about the allowances the contract has."""
+    free: dict[date, int] = {}
+    prepaid = 0
+    key = (contract.client_id, contract.contract_id, before)
+    if contract.free_daily_minutes is not None:
+        rows = await conn.fetch(QUERIES["settled_free_by_day"], *key, from_day)
+        free = {row["day"]: int(row["free_ms"]) for row in rows}
+    if contract.prepaid_minutes is not None:
+        prepaid = int(await conn.fetchval(QUERIES["settled_prepaid"], *key))
+    return PriorUsage(free, prepaid)
+
+
 async def set_match_statuses(conn: asyncpg.Connection, statuses: dict[str, str]) -> None:
     ids = sorted(statuses)
     await conn.execute(QUERIES["set_match_statuses"], ids, [statuses[i] for i in ids])
 
 
 async def load_posted(
-    conn: asyncpg.Connection, client_id: str, contract_ids: list[str] | None
+    conn: asyncpg.Connection, client_id: str, contract_ids: list[str] | None, since: datetime | None = None
 ) -> dict[Key, LedgerState]:
+    """The ledger's value of the client's keys (of `contract_ids`, of conversations started at or
+    after `since`; None = all)."""
     days: dict[Key, dict[date, DayCounts]] = defaultdict(dict)
-    for row in await conn.fetch(QUERIES["posted_days"], client_id, contract_ids):
+    for row in await conn.fetch(QUERIES["posted_days"], client_id, contract_ids, since):
         key = (row["conversation_id"], row["contract_id"])
-        days[key][row["day"]] = (row["talk_ms"], row["free_ms"], row["prepaid_ms"], row["paid_ms"])
+        # sum() of bigint is numeric in PostgreSQL: back to int for exact integer arithmetic.
+        days[key][row["day"]] = (
+            int(row["talk_ms"]),
+            int(row["free_ms"]),
+            int(row["prepaid_ms"]),
+            int(row["paid_ms"]),
+        )
     posted: dict[Key, LedgerState] = {}
-    for row in await conn.fetch(QUERIES["posted_charges"], client_id, contract_ids):
+    for row in await conn.fetch(QUERIES["posted_charges"], client_id, contract_ids, since):
         key = (row["conversation_id"], row["contract_id"])
         posted[key] = LedgerState(
             day=row["day"],
-            talk_ms=row["talk_ms"],
-            hold_ms=row["hold_ms"],
-            excluded_ms=row["excluded_ms"],
-            free_ms=row["free_ms"],
-            prepaid_ms=row["prepaid_ms"],
-            paid_ms=row["paid_ms"],
-            billable_seconds=row["billable_seconds"],
+            talk_ms=int(row["talk_ms"]),
+            hold_ms=int(row["hold_ms"]),
+            excluded_ms=int(row["excluded_ms"]),
+            free_ms=int(row["free_ms"]),
+            prepaid_ms=int(row["prepaid_ms"]),
+            paid_ms=int(row["paid_ms"]),
+            billable_seconds=int(row["billable_seconds"]),
             amount=row["amount"],
             currency=row["currency"],
             over_quota=row["over_quota"],

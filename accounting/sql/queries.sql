@@ -84,6 +84,26 @@ SELECT s.conversation_id, s.start_at, s.end_at, s.hold, s.consultant
    AND c.started_at < COALESCE($3::timestamptz, 'infinity')
  ORDER BY s.conversation_id, s.position;
 
+-- name: earliest_start_still_talking
+-- The earliest start among the client's conversations that ended at or after $2.
+SELECT min(started_at) FROM talkmeter.conversations WHERE client_id = $1 AND ended_at >= $2;
+
+-- name: settled_free_by_day
+-- Free milliseconds per local day (from $4 on) of the contract's conversations started before
+-- the frontier $3: the usage a re-rating from the frontier starts from.
+SELECT d.day, sum(d.free_ms) AS free_ms
+  FROM talkmeter.charges ch
+  JOIN talkmeter.conversations c USING (conversation_id)
+  JOIN talkmeter.charge_days d USING (charge_id)
+ WHERE ch.client_id = $1 AND ch.contract_id = $2 AND c.started_at < $3 AND d.day >= $4
+ GROUP BY d.day;
+
+-- name: settled_prepaid
+SELECT COALESCE(sum(ch.prepaid_ms), 0)
+  FROM talkmeter.charges ch
+  JOIN talkmeter.conversations c USING (conversation_id)
+ WHERE ch.client_id = $1 AND ch.contract_id = $2 AND c.started_at < $3;
+
 -- name: set_match_statuses
 UPDATE talkmeter.conversations c
    SET match_status = u.status
@@ -92,12 +112,25 @@ UPDATE talkmeter.conversations c
    AND c.match_status IS DISTINCT FROM u.status;
 
 -- name: posted_charges
--- What the ledger says now for the client's keys, restricted to contracts $2 (NULL = all).
-SELECT conversation_id, contract_id, day, talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms, paid_ms,
-       billable_seconds, amount, currency, over_quota, short_call, tier_changes
-  FROM talkmeter.charge_totals
+-- What the ledger says now for the client's keys, restricted to contracts $2 (NULL = all) and
+-- to conversations started at or after $3 (NULL = all): the
+-- sums of each key's rows, and the non-additive columns of its latest row. (Filtering the base
+-- table keeps this an index scan; a contract never changes client, so a key's rows share it.)
+SELECT conversation_id, contract_id,
+       (array_agg(day ORDER BY charge_id DESC))[1] AS day,
+       sum(talk_ms) AS talk_ms, sum(hold_ms) AS hold_ms, sum(excluded_ms) AS excluded_ms,
+       sum(free_ms) AS free_ms, sum(prepaid_ms) AS prepaid_ms, sum(paid_ms) AS paid_ms,
+       sum(billable_seconds) AS billable_seconds, sum(amount) AS amount,
+       (array_agg(currency ORDER BY charge_id DESC))[1] AS currency,
+       (array_agg(over_quota ORDER BY charge_id DESC))[1] AS over_quota,
+       (array_agg(short_call ORDER BY charge_id DESC))[1] AS short_call,
+       (array_agg(tier_changes ORDER BY charge_id DESC))[1] AS tier_changes
+  FROM talkmeter.charges
  WHERE client_id = $1
-   AND ($2::text[] IS NULL OR contract_id = ANY($2::text[]));
+   AND ($2::text[] IS NULL OR contract_id = ANY($2::text[]))
+   AND ($3::timestamptz IS NULL OR conversation_id IN (
+        SELECT conversation_id FROM talkmeter.conversations WHERE client_id = $1 AND started_at >= $3))
+ GROUP BY conversation_id, contract_id;
 
 -- name: posted_days
 SELECT ch.conversation_id, ch.contract_id, d.day,
@@ -107,6 +140,8 @@ SELECT ch.conversation_id, ch.contract_id, d.day,
   JOIN talkmeter.charges ch USING (charge_id)
  WHERE ch.client_id = $1
    AND ($2::text[] IS NULL OR ch.contract_id = ANY($2::text[]))
+   AND ($3::timestamptz IS NULL OR ch.conversation_id IN (
+        SELECT conversation_id FROM talkmeter.conversations WHERE client_id = $1 AND started_at >= $3))
  GROUP BY ch.conversation_id, ch.contract_id, d.day;
 
 -- name: insert_charge

@@ -16,6 +16,7 @@ from accounting_db import admin, dsn_for, unique_name
 from accounting_helpers import conversation_dict
 
 from accounting.ledger import record_conversation
+from accounting.migrate import load_migrations
 from daemon.cli import main
 
 pytestmark = pytest.mark.db
@@ -65,7 +66,7 @@ def test_month_end_from_the_command_line(
 ) -> None:
     code, out, err = run(capsys, "report", "monthly", "--month", "2026-11")
     assert code == 2 and "run `talkmeter migrate`" in err
-    assert run(capsys, "migrate")[1] == "applied 0001_initial.sql\n"
+    assert run(capsys, "migrate")[1] == "".join(f"applied {m.file_name}\n" for m in load_migrations())
     assert run(capsys, "migrate")[1] == "schema is up to date\n"
 
     clients, contracts = tmp_path / "clients.csv", tmp_path / "contracts.csv"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -350,3 +351,42 @@ async def test_one_canonical_log_line_per_conversation(pool: asyncpg.Pool, conn:
             "postings": 1,
         }
     ]
+
+
+async def test_recording_in_any_order_leaves_nothing_for_rerate(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """Each recording re-rates only from its frontier; the ledger must still equal a full re-rating."""
+    rules: dict[str, Any] = {
+        "free_daily_minutes": 10,
+        "free_days_per_week": 2,
+        "prepaid_minutes": 30,
+        "rate_per_minute": 1,
+        "billing_increment_seconds": 30,
+        "short_call_seconds": 5,
+    }
+    await seed(conn, **rules)
+    rng = random.Random(11)
+    days, hours, minutes = [22, 23, 24, 25, 29, 30], range(8, 23), range(60)
+    starts = [
+        f"2026-11-{rng.choice(days)}T{rng.choice(hours):02d}:{rng.choice(minutes):02d}:00+03:00"
+        for _ in range(30)
+    ]
+    conversations = [
+        conversation_dict(f"c{i}", start, (rng.uniform(0, 10), rng.uniform(1, 1500)))
+        for i, start in enumerate(starts)
+    ]
+    rng.shuffle(conversations)
+    for data in conversations:
+        await record_conversation(pool, data)
+    assert (await rerate(pool)).postings == 0
+    expected = rate_contract(
+        contract(**rules), "Europe/Moscow", [parse_conversation(d).talk for d in conversations]
+    )
+    for charge in expected:
+        [row] = await charges_of(conn, charge.conversation_id)
+        assert (row["free_seconds"] * 1000, row["prepaid_seconds"] * 1000, row["amount"]) == (
+            charge.free_ms,
+            charge.prepaid_ms,
+            charge.amount,
+        )

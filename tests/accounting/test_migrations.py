@@ -157,6 +157,10 @@ async def test_every_named_query_fits_the_schema(conn: asyncpg.Connection) -> No
         await conn.prepare(sql)
 
 
+def next_file_name(name: str) -> str:
+    return f"{load_migrations()[-1].version + 1:04d}_{name}.sql"
+
+
 def copy_migrations(target: Path) -> Path:
     folder = target / "migrations"
     shutil.copytree(migrations_dir(), folder)
@@ -177,13 +181,14 @@ async def test_a_changed_applied_file_is_refused(empty: asyncpg.Connection, tmp_
 async def test_an_older_schema_is_refused_until_migrated(empty: asyncpg.Connection, tmp_path: Path) -> None:
     folder = copy_migrations(tmp_path)
     await migrate(empty, folder)
-    (folder / "0002_notes.sql").write_text("CREATE TABLE talkmeter.notes (note text);\n")
-    with pytest.raises(SchemaError, match=r"older than this talkmeter \(missing 0002_notes.sql\)"):
+    notes = folder / next_file_name("notes")
+    notes.write_text("CREATE TABLE talkmeter.notes (note text);\n")
+    with pytest.raises(SchemaError, match=rf"older than this talkmeter \(missing {notes.name}\)"):
         await check_schema(empty, folder)
-    assert [m.file_name for m in await migrate(empty, folder)] == ["0002_notes.sql"]
+    assert [m.file_name for m in await migrate(empty, folder)] == [notes.name]
     await check_schema(empty, folder)
-    # The program without 0002 meets a newer database: refused as well.
-    (folder / "0002_notes.sql").unlink()
+    # The program without that file meets a newer database: refused as well.
+    notes.unlink()
     with pytest.raises(SchemaError, match="newer than this program"):
         await check_schema(empty, folder)
 
@@ -191,11 +196,15 @@ async def test_an_older_schema_is_refused_until_migrated(empty: asyncpg.Connecti
 async def test_a_failing_migration_leaves_nothing_behind(empty: asyncpg.Connection, tmp_path: Path) -> None:
     folder = copy_migrations(tmp_path)
     await migrate(empty, folder)
-    (folder / "0002_broken.sql").write_text("CREATE TABLE talkmeter.half (x int);\nSELECT no_such_column;\n")
+    (folder / next_file_name("broken")).write_text(
+        "CREATE TABLE talkmeter.half (x int);\nSELECT no_such_column;\n"
+    )
     with pytest.raises(asyncpg.UndefinedColumnError):
         await migrate(empty, folder)
     assert await empty.fetchval("SELECT to_regclass('talkmeter.half')") is None
-    assert await empty.fetchval("SELECT max(version) FROM talkmeter.schema_migrations") == 1
+    assert await empty.fetchval("SELECT max(version) FROM talkmeter.schema_migrations") == len(
+        load_migrations()
+    )
 
 
 async def test_two_instances_migrating_at_once_apply_each_file_once(empty_dsn: str) -> None:
@@ -211,4 +220,9 @@ async def test_two_instances_migrating_at_once_apply_each_file_once(empty_dsn: s
 async def test_bad_file_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_initial.sql").write_text("SELECT 1;")
     with pytest.raises(SchemaError, match=r"0001_name\.sql"):
+        load_migrations(tmp_path)
+    (tmp_path / "1_initial.sql").unlink()
+    (tmp_path / "0001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "0001_b.sql").write_text("SELECT 2;")
+    with pytest.raises(SchemaError, match="two migration files with version 0001"):
         load_migrations(tmp_path)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from accounting.contracts import Contract
 from accounting.conversations import Interval, Talk, to_ms
-from accounting.rating import Charge, local_date, local_midnight_ms, rate_contract
+from accounting.rating import Charge, PriorUsage, local_date, local_midnight_ms, rate_contract
 
 ZONES = ["Europe/Moscow", "Europe/Berlin", "America/Santiago", "Asia/Kolkata", "UTC"]
 # Around the Berlin autumn DST change and the Santiago spring one, and an ordinary week.
@@ -206,3 +206,32 @@ def test_closed_form_matches_simulation(contract: Contract, conversations: list[
         for c in rate_contract(contract, zone, conversations)
     }
     assert charges == simulate(contract, zone, conversations)
+
+
+@settings(max_examples=200, deadline=None)
+@given(contracts(), talks(max_count=8, span_ms=2 * 86_400_000), st.sampled_from(ZONES), st.data())
+def test_rating_from_prior_usage_equals_rating_everything(
+    contract: Contract, conversations: list[Talk], zone: str, data: st.DataObject
+) -> None:
+    """The ledger's shortcut: conversations that all ended before a frontier are summarised by
+    their usage, and only the rest is rated again. Exact when no rated conversation overlaps
+    the frontier, which the frontier's choice guarantees."""
+    full = {charge.conversation_id: charge for charge in rate_contract(contract, zone, conversations)}
+
+    def end(talk: Talk) -> int:
+        return max([talk.started_ms] + [interval.end_ms for interval in talk.intervals])
+
+    frontier = data.draw(st.sampled_from(conversations)).started_ms
+    while (earlier := min(t.started_ms for t in conversations if end(t) >= frontier)) < frontier:
+        frontier = earlier
+    rerated = [t for t in conversations if t.started_ms >= frontier]
+    free_by_day: dict[date, int] = defaultdict(int)
+    prepaid = 0
+    for talk in conversations:
+        if talk.started_ms < frontier:
+            prepaid += full[talk.conversation_id].prepaid_ms
+            for usage in full[talk.conversation_id].days:
+                free_by_day[usage.day] += usage.free_ms
+    partial = rate_contract(contract, zone, rerated, PriorUsage(free_by_day, prepaid))
+    assert partial == [full[charge.conversation_id] for charge in partial]
+    assert {charge.conversation_id for charge in partial} == {t.conversation_id for t in rerated}
