@@ -3,11 +3,19 @@
 `record_conversation` is what the daemon calls for every finished conversation. In one
 transaction it stores the conversation (idempotent on its id), decides whose it is (an
 assignment, else a number that belongs to exactly one client), and settles that client: under a
-per-client lock it re-rates the contract the conversation falls under, over everything that
-contract covers, and appends the ledger rows that make the ledger agree (see `postings`).
-Rating everything again under the lock is what makes two daemons safe: whoever comes second
-sees the first one's committed conversations and rates them all together, so the caps hold
-exactly and a conversation that talked earlier but ended later corrects the others.
+per-client lock it re-rates the contract the conversation falls under and appends the ledger
+rows that make the ledger agree with the rating (see `postings`). Rating again under the lock
+is what makes two daemons safe: whoever comes second sees the first one's committed
+conversations and rates them together, so the caps hold exactly, and a conversation that
+talked earlier but ended later corrects the others through adjustment rows.
+
+Only the conversations from the *frontier* on are re-rated: the new conversation's start,
+pulled back to the start of any conversation of the client still going on at that moment
+(repeatedly, while they overlap). Rating is causal (nothing talked after a moment changes what
+was consumed before it), and no conversation straddles the frontier, so the usage before it can
+be read from the ledger (`PriorUsage`) and the result equals rating the whole contract again.
+The cost of a recording therefore depends on the overlap around it, not on the contract's
+history. `rerate` still re-rates each client's contracts from their start.
 
 Errors: `InvalidConversation` (from `conversations`) means the input is wrong and retrying is
 useless; `RetryableStorageError` means the database was unreachable or aborted the transaction;

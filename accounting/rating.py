@@ -49,6 +49,10 @@ amount is billable_seconds / 60 × rate, rounded half up to 0.01 once per conver
 `overage = flag` the paid part is kept (raw `paid_ms`), `over_quota` is true, and
 `billable_seconds` and `amount` are 0: the support manager decides.
 
+Rating can start in the middle of a contract's life: `PriorUsage` says what conversations
+rated earlier consumed (free per day, prepaid in total). This is exact when all of those ended
+before the first conversation now rated started, which is how the ledger uses it.
+
 Each charge also records the moments its conversation switched from one tier to the next
 (`tier_changes`, a conversation across midnight may go paid → free again) and its talk, free,
 prepaid and paid milliseconds per local day (`days`) so that daily views stay exact.
