@@ -133,3 +133,43 @@ def test_errors_never_show_the_password(
 def test_a_bad_month_is_a_usage_error(database: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "report", "monthly", "--month", "November")
     assert code == 2 and "month must look like 2026-11" in err
+
+
+def month_end_queries() -> list[str]:
+    """The SELECT statements of docs/accounting.md's month-end section."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "accounting.md").read_text()
+    section = text.split("### Month-end queries", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```sql")[1:]]
+    statements = [part.strip() for block in blocks for part in block.split(";")]
+    return [s for s in statements if s.split("\n")[-1].strip() and "SELECT" in s]
+
+
+def test_the_documented_queries_run_as_an_accountant(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "migrate")
+    (tmp_path / "c.csv").write_text(CLIENTS)
+    (tmp_path / "k.csv").write_text(CONTRACTS.replace(",bill,", ",flag,"))
+    run(capsys, "import", "clients", str(tmp_path / "c.csv"))
+    run(capsys, "import", "contracts", str(tmp_path / "k.csv"))
+    asyncio.run(
+        record(
+            database,
+            conversation_dict("a", "2026-11-24T23:50:00+03:00", (2, 6000)),
+            conversation_dict("u", "2026-11-25T10:00:00+03:00", (2, 60), number=None),
+        )
+    )
+    queries = [sql.replace("'romashka'", "'C1'") for sql in month_end_queries()]
+    assert len(queries) == 7
+
+    async def run_all() -> list[list[Any]]:
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute("SET ROLE talkmeter_accountant")
+            return [list(await conn.fetch(sql)) for sql in queries]
+        finally:
+            await conn.close()
+
+    invoices, detail, disagreements, flagged, capped, unmatched, lines = asyncio.run(run_all())
+    assert len(invoices) == 1 and len(detail) == 1 and disagreements == []
+    assert len(flagged) == 1 and len(capped) == 1 and len(unmatched) == 1 and len(lines) == 1
