@@ -18,7 +18,7 @@ from accounting_helpers import contract, conversation_dict
 from accounting import store
 from accounting.contracts import Client
 from accounting.conversations import parse_conversation
-from accounting.ledger import record_conversation
+from accounting.ledger import record_conversation, rerate
 from accounting.rating import rate_contract
 
 pytestmark = pytest.mark.db
@@ -110,3 +110,42 @@ async def test_the_same_conversation_from_two_daemons_is_posted_once(
     day_rows = await conn.fetch("SELECT day, free_seconds FROM talkmeter.daily_usage")
     assert all(row["free_seconds"] <= 900 for row in day_rows)
     assert {row["day"] for row in day_rows} <= {date(2026, 11, 23), date(2026, 11, 24), date(2026, 11, 25)}
+
+
+async def test_rerate_while_daemons_write(db_dsn: str, conn: asyncpg.Connection) -> None:
+    """An accountant's rerate (after a number moved in) runs while both daemons record."""
+    await store.save_client(conn, Client("C1", "Romashka LLC", "Europe/Moscow", ("+74951234567",)))
+    await store.save_contract(conn, contract(**RULES))
+    conversations = busy_client_conversations(30, seed=5)
+    stranger = [
+        conversation_dict(f"s{i}", f"2026-11-24T1{i}:00:00+03:00", (1, 400), number="+74990000000")
+        for i in range(5)
+    ]
+    async with (
+        asyncpg.create_pool(db_dsn, min_size=3, max_size=3) as daemon_a,
+        asyncpg.create_pool(db_dsn, min_size=3, max_size=3) as daemon_b,
+        asyncpg.create_pool(db_dsn, min_size=1, max_size=1) as accountant,
+    ):
+        await write_all(daemon_a, stranger)
+        await store.save_client(
+            conn, Client("C1", "Romashka LLC", "Europe/Moscow", ("+74951234567", "+74990000000"))
+        )
+        await asyncio.gather(
+            write_all(daemon_a, conversations[0::2]),
+            write_all(daemon_b, conversations[1::2]),
+            rerate(accountant),
+        )
+        # Whatever the interleaving, a full re-rating afterwards finds nothing left to correct.
+        assert (await rerate(accountant)).postings == 0
+    expected = rate_contract(
+        contract(**RULES), "Europe/Moscow", [parse_conversation(d).talk for d in conversations + stranger]
+    )
+    rows = {r["conversation_id"]: r for r in await conn.fetch("SELECT * FROM talkmeter.conversation_charges")}
+    assert len(rows) == len(expected) == 35
+    for charge in expected:
+        row = rows[charge.conversation_id]
+        assert (row["free_seconds"] * 1000, row["prepaid_seconds"] * 1000, row["amount"]) == (
+            charge.free_ms,
+            charge.prepaid_ms,
+            charge.amount,
+        )
