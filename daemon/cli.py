@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "daemon.commands.watch",
     "daemon.commands.demo",
     "daemon.commands.accounting",
+    "daemon.commands.run",
 )
 
 

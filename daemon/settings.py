@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     pbx: str = "default"
     # Storage
     database_url: SecretStr | None = None
+    spool_dir: Path = Path("/var/lib/talkmeter")
     log_level: str = "info"
 
     @classmethod

@@ -36,6 +36,13 @@ Record = Callable[[dict[str, Any]], Awaitable[object]]
 IsTransient = Callable[[BaseException], bool]
 
 
+class FatalStorageError(Exception):
+    """The database can never take our writes as it is (wrong schema, wrong password): stop the service.
+
+    The conversation stays in the spool; the service stops so that a person sees the problem.
+    """
+
+
 class Spool:
     """An append-only JSON-lines file of conversations not yet committed to the database."""
 
@@ -146,6 +153,8 @@ class ConversationWriter:
         while True:
             try:
                 await self._record(conversation)
+            except FatalStorageError:
+                raise
             except Exception as error:
                 if self._is_transient(error):
                     delay = self._backoff.next()

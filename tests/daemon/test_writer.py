@@ -126,3 +126,18 @@ async def test_spool_is_compacted_once_everything_is_written(tmp_path: Path, cou
     task.cancel()
     assert len(database.rows) == count
     assert spool.pending() == []
+
+
+async def test_a_fatal_storage_error_stops_the_writer_and_keeps_the_conversation(tmp_path: Path) -> None:
+    from daemon.writer import FatalStorageError
+
+    async def outdated_schema(_: dict[str, Any]) -> None:
+        raise FatalStorageError("the database schema is older than this talkmeter")
+
+    spool = Spool(tmp_path)
+    subject = ConversationWriter(outdated_schema, spool, lambda error: False)
+    await subject.submit(conversation(1))
+    with pytest.raises(FatalStorageError):
+        await subject.run()
+    assert spool.pending() == [conversation(1)]
+    assert not spool.rejected_path.exists()

@@ -1,0 +1,185 @@
+"""`talkmeter run`: the long-running service for one PBX, wired from the pieces.
+
+Theory of operation
+-------------------
+Three named, supervised tasks share one process:
+
+* `pipeline` (daemon.live): the AMI link and the call model. It never waits for the database.
+* `writer` (daemon.writer): every finished conversation is spooled to disk, then recorded and
+  rated in PostgreSQL (accounting.ledger.record_conversation), retried while the database is away.
+* `checkpointer`: every few seconds, the conversations in progress are written to
+  `<spool_dir>/open.json`, so that a crash or restart mid-call loses no talk: on start they are
+  restored into the call model and resumed when the snapshot after login shows their channels.
+
+If any task dies, the service stops (and systemd restarts it) rather than limping on. A graceful
+stop (SIGTERM) logs off the PBX, applies what was received, checkpoints the calls in progress
+(instead of closing them: the calls go on, and the next start resumes them), gives the writer a
+bounded time to commit, and leaves whatever is not committed in the spool.
+
+The database is reached lazily: the service follows calls even when PostgreSQL is down at start
+(conversations wait in the spool). On the first connection it checks the schema and stops, saying
+why, if the schema is not the one this talkmeter expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from accounting.conversations import InvalidConversation
+from accounting.ledger import RetryableStorageError, record_conversation
+from accounting.migrate import SchemaError, check_schema
+from daemon import systemd
+from daemon.commands.replay import tracker_from
+from daemon.live import Pipeline, stop_on_signals
+from daemon.settings import Settings
+from daemon.writer import ConversationWriter, FatalStorageError, Spool
+from telephony.calls import CallTracker
+
+log = structlog.get_logger("daemon.service")
+
+CHECKPOINT_SECONDS = 5.0
+STOP_GRACE_SECONDS = 10.0
+_TRANSIENT = (RetryableStorageError, OSError, TimeoutError, asyncpg.PostgresConnectionError)
+
+
+class Database:
+    """The accounting store behind one lazily created pool; the schema is checked once, on connect."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+
+    async def record(self, conversation: dict[str, Any]) -> None:
+        pool = await self._connect()
+        await record_conversation(pool, conversation)
+
+    async def _connect(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        try:
+            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4, timeout=10)
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as error:
+            raise FatalStorageError(f"PostgreSQL refused the login: {error}") from error
+        except asyncpg.InvalidCatalogNameError as error:
+            raise FatalStorageError(f"no such database: {error}") from error
+        try:
+            async with pool.acquire() as conn:
+                await check_schema(conn)
+        except SchemaError as error:
+            await pool.close()
+            raise FatalStorageError(str(error)) from error
+        log.info("database.connected")
+        self._pool = pool
+        return pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, _TRANSIENT) and not isinstance(error, InvalidConversation)
+
+
+class Checkpoints:
+    """The calls in progress, on disk (written atomically), for the next start."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "open.json"
+
+    def load(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError:
+            log.error("checkpoint.unreadable", path=str(self.path))
+            return []
+        return list(saved)
+
+    def save(self, saved: list[dict[str, Any]]) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            json.dump(saved, handle, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(self.path)
+
+
+async def serve(settings: Settings, stop: asyncio.Event, database: Database | None = None) -> None:
+    """Run the service until `stop` is set or a task fails (its error is raised)."""
+    database = database or Database(settings.dsn())
+    spool_dir = settings.spool_dir / settings.pbx
+    writer = ConversationWriter(database.record, Spool(spool_dir), is_transient)
+    checkpoints = Checkpoints(spool_dir)
+    tracker = tracker_from(settings)
+    tracker.restore(checkpoints.load())
+    writer.resume()
+
+    async def checkpoint_at_stop(tracker: CallTracker, now: float) -> None:
+        checkpoints.save(tracker.checkpoint(now))
+
+    pipeline = Pipeline(settings, writer.submit, tracker=tracker, on_stop=checkpoint_at_stop)
+    tasks = [
+        asyncio.create_task(pipeline.run(stop), name="pipeline"),
+        asyncio.create_task(writer.run(), name="writer"),
+        asyncio.create_task(_checkpoint_forever(pipeline, checkpoints), name="checkpointer"),
+        asyncio.create_task(_watchdog_forever(writer), name="watchdog"),
+    ]
+    systemd.notify("READY=1")
+    log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
+    try:
+        await _supervise(tasks, stop, writer)
+    finally:
+        systemd.notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await database.close()
+        log.info("service.stopped", written=writer.written, left_in_spool=writer.backlog)
+
+
+async def _supervise(tasks: list[asyncio.Task[None]], stop: asyncio.Event, writer: ConversationWriter) -> None:
+    pipeline = tasks[0]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    failed = [task for task in done if task is not pipeline or task.exception() is not None]
+    if failed:
+        error = failed[0].exception()
+        log.error("service.task_died", task=failed[0].get_name(), error=repr(error))
+        raise error or RuntimeError(f"task {failed[0].get_name()} ended on its own")
+    # The pipeline finished because `stop` was set: give the writer a bounded time to commit.
+    if not await writer.drain(STOP_GRACE_SECONDS):
+        log.warning("service.writer_not_drained", left_in_spool=writer.backlog)
+
+
+async def _checkpoint_forever(pipeline: Pipeline, checkpoints: Checkpoints) -> None:
+    # Only while the link is up: a checkpoint claims "this is how the calls were at `at`", and
+    # during an outage we do not know that. The previous one stays until we know again.
+    while True:
+        await asyncio.sleep(CHECKPOINT_SECONDS)
+        if pipeline.link.connected:
+            checkpoints.save(pipeline.tracker.checkpoint(pipeline.link.clock.now()))
+
+
+async def _watchdog_forever(writer: ConversationWriter) -> None:
+    interval = systemd.watchdog_interval()
+    if interval is None:
+        await asyncio.Event().wait()  # no watchdog asked for: idle until cancelled
+    while True:
+        systemd.notify(f"WATCHDOG=1\nSTATUS=recorded {writer.written}, waiting {writer.backlog}")
+        await asyncio.sleep(interval or 1.0)
+
+
+async def run_until_signalled(settings: Settings) -> None:
+    stop = asyncio.Event()
+    with stop_on_signals(stop), contextlib.suppress(asyncio.CancelledError):
+        await serve(settings, stop)
