@@ -116,6 +116,8 @@ def check_contract(contract: Contract) -> None:
         raise InvalidRow("billing_increment_seconds must be at least 1")
     if contract.rate_per_minute is not None and contract.rate_per_minute < 0:
         raise InvalidRow("rate_per_minute must not be negative")
+    if contract.rate_per_minute is not None and _decimal_places(contract.rate_per_minute) > 4:
+        raise InvalidRow("rate_per_minute may have at most 4 decimal places")
     if contract.rate_per_minute is not None and contract.currency is None:
         raise InvalidRow("rate_per_minute needs a currency")
     if contract.currency is not None and not _CURRENCY.match(contract.currency):
@@ -124,6 +126,11 @@ def check_contract(contract: Contract) -> None:
         raise InvalidRow("overage 'bill' needs rate_per_minute")
     if any(not 1 <= value <= 1000 for value in contract.alert_thresholds):
         raise InvalidRow("alert_thresholds must be percentages between 1 and 1000")
+
+
+def _decimal_places(number: Decimal) -> int:
+    exponent = number.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def parse_client_row(row: Mapping[str, str | None], default_region: str = "RU") -> Client:

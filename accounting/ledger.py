@@ -144,26 +144,21 @@ async def _settle_from(
     return Settlement({charge.conversation_id: charge for charge in rating.charges}, len(postings))
 
 
-async def settle_client(
-    conn: asyncpg.Connection, client_id: str, contract_ids: list[str] | None, reason: str
-) -> Settlement:
-    """Make the ledger of the client's contracts (all, or `contract_ids`) equal their rating.
-
-    The caller holds the client's lock (`store.lock_client`) inside an open transaction."""
+async def settle_client(conn: asyncpg.Connection, client_id: str, reason: str) -> Settlement:
+    """Make the ledger of all the client's contracts equal the rating of all its conversations,
+    and mark the conversations no contract covers. The caller holds the client's lock
+    (`store.lock_client`) inside an open transaction."""
     client = await store.load_client(conn, client_id)
     if client is None:
         return Settlement({}, 0)
     contracts = await store.load_contracts(conn, client_id)
-    scope = contracts if contract_ids is None else [c for c in contracts if c.contract_id in contract_ids]
-    talks, statuses = await store.load_talks(conn, client_id, *store.window(scope))
-    only = None if contract_ids is None else frozenset(contract_ids)
-    rating = rate_client(contracts, client.timezone, talks, only)
+    talks, statuses = await store.load_talks(conn, client_id, None, None)
+    rating = rate_client(contracts, client.timezone, talks)
     desired = {(charge.conversation_id, charge.contract_id): charge for charge in rating.charges}
-    posted = await store.load_posted(conn, client_id, contract_ids)
+    posted = await store.load_posted(conn, client_id, None)
     postings = plan_postings(desired, posted)
     await store.post(conn, client_id, postings, reason)
-    if contract_ids is None:
-        await store.set_match_statuses(conn, _statuses(statuses, rating.uncovered))
+    await store.set_match_statuses(conn, _statuses(statuses, rating.uncovered))
     return Settlement({charge.conversation_id: charge for charge in rating.charges}, len(postings))
 
 
@@ -191,14 +186,14 @@ async def rerate(pool: asyncpg.Pool, client_id: str | None = None) -> RerateSumm
             async with conn.transaction():
                 await store.lock_client(conn, owner)
                 await conn.execute(QUERIES["release_client_conversations"], owner)
-                postings += (await settle_client(conn, owner, None, "rerate")).postings
+                postings += (await settle_client(conn, owner, "rerate")).postings
         await conn.execute(QUERIES["refresh_unattributed_statuses"])
         targets = await _rerate_targets(conn, client_id)
         for target in targets:
             async with conn.transaction():
                 await store.lock_client(conn, target)
                 await conn.execute(QUERIES["attach_client_conversations"], target)
-                postings += (await settle_client(conn, target, None, "rerate")).postings
+                postings += (await settle_client(conn, target, "rerate")).postings
         return RerateSummary(len(set(releasing) | set(targets)), postings)
 
 

@@ -112,6 +112,7 @@ def test_every_bad_client_row_is_reported_by_line() -> None:
         ("K,C1,2026-11-01,,1.5,,,,,,,,,,,", "free_daily_minutes: '1.5' is not a whole number"),
         ("K,C1,2026-11-01,,,,,2,,,,,,,,", "rate_per_minute needs a currency"),
         ("K,C1,2026-11-01,,,,,abc,RUB,,,,,,,", "rate_per_minute: 'abc' is not a number"),
+        ("K,C1,2026-11-01,,,,,1.23456,RUB,,,,,,,", "rate_per_minute may have at most 4 decimal places"),
         (
             "K,C1,2026-11-01,,,,,2,RUBLES,,,,,,,",
             "currency must be an ISO 4217 code such as RUB, not 'RUBLES'",
