@@ -38,7 +38,7 @@ from accounting.ledger import RetryableStorageError, record_conversation
 from accounting.migrate import SchemaError, check_schema
 from daemon import systemd
 from daemon.commands.replay import tracker_from
-from daemon.live import Pipeline, stop_on_signals
+from daemon.live import OnEffect, Pipeline, stop_on_signals
 from daemon.settings import Settings
 from daemon.writer import ConversationWriter, FatalStorageError, Spool
 from telephony.calls import CallTracker
@@ -115,8 +115,17 @@ class Checkpoints:
         temporary.replace(self.path)
 
 
-async def serve(settings: Settings, stop: asyncio.Event, database: Database | None = None) -> None:
-    """Run the service until `stop` is set or a task fails (its error is raised)."""
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    database: Database | None = None,
+    on_effect: OnEffect | None = None,
+    stop_grace: float = STOP_GRACE_SECONDS,
+) -> None:
+    """Run the service until `stop` is set or a task fails (its error is raised).
+
+    `on_effect` sees every live effect of the call model (the hook for live alerts, and for tests).
+    """
     database = database or Database(settings.dsn())
     spool_dir = settings.spool_dir / settings.pbx
     writer = ConversationWriter(database.record, Spool(spool_dir), is_transient)
@@ -128,7 +137,9 @@ async def serve(settings: Settings, stop: asyncio.Event, database: Database | No
     async def checkpoint_at_stop(tracker: CallTracker, now: float) -> None:
         checkpoints.save(tracker.checkpoint(now))
 
-    pipeline = Pipeline(settings, writer.submit, tracker=tracker, on_stop=checkpoint_at_stop)
+    pipeline = Pipeline(
+        settings, writer.submit, tracker=tracker, on_stop=checkpoint_at_stop, on_effect=on_effect
+    )
     tasks = [
         asyncio.create_task(pipeline.run(stop), name="pipeline"),
         asyncio.create_task(writer.run(), name="writer"),
@@ -138,7 +149,7 @@ async def serve(settings: Settings, stop: asyncio.Event, database: Database | No
     systemd.notify("READY=1")
     log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
     try:
-        await _supervise(tasks, stop, writer)
+        await _supervise(tasks, writer, stop_grace)
     finally:
         systemd.notify("STOPPING=1")
         for task in tasks:
@@ -148,7 +159,7 @@ async def serve(settings: Settings, stop: asyncio.Event, database: Database | No
         log.info("service.stopped", written=writer.written, left_in_spool=writer.backlog)
 
 
-async def _supervise(tasks: list[asyncio.Task[None]], stop: asyncio.Event, writer: ConversationWriter) -> None:
+async def _supervise(tasks: list[asyncio.Task[None]], writer: ConversationWriter, grace: float) -> None:
     pipeline = tasks[0]
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     failed = [task for task in done if task is not pipeline or task.exception() is not None]
@@ -157,7 +168,7 @@ async def _supervise(tasks: list[asyncio.Task[None]], stop: asyncio.Event, write
         log.error("service.task_died", task=failed[0].get_name(), error=repr(error))
         raise error or RuntimeError(f"task {failed[0].get_name()} ended on its own")
     # The pipeline finished because `stop` was set: give the writer a bounded time to commit.
-    if not await writer.drain(STOP_GRACE_SECONDS):
+    if not await writer.drain(grace):
         log.warning("service.writer_not_drained", left_in_spool=writer.backlog)
 
 
