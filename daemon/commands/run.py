@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
-
-import sys
 
 from daemon.logging import configure_logging
 from daemon.service import run_until_signalled

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.writer import ConversationWriter, Spool
+from daemon.writer import ConversationWriter, FatalStorageError, Spool
 from telephony.ami import Backoff
 
 
@@ -129,8 +129,6 @@ async def test_spool_is_compacted_once_everything_is_written(tmp_path: Path, cou
 
 
 async def test_a_fatal_storage_error_stops_the_writer_and_keeps_the_conversation(tmp_path: Path) -> None:
-    from daemon.writer import FatalStorageError
-
     async def outdated_schema(_: dict[str, Any]) -> None:
         raise FatalStorageError("the database schema is older than this talkmeter")
 
