@@ -12,12 +12,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from accounting_db import admin, dsn_for, unique_name
 from accounting_helpers import conversation_dict
 
 from accounting.ledger import record_conversation
 from accounting.migrate import load_migrations
 from daemon.cli import main
+from tests.db import admin, dsn_for, unique_name
 
 pytestmark = pytest.mark.db
 

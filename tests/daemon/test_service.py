@@ -73,31 +73,31 @@ async def run_until(event: asyncio.Event, config: Settings, database: Database, 
         await task
 
 
-async def test_the_service_records_what_the_pbx_says(service_dsn: str, tmp_path: Path) -> None:
+async def test_the_service_records_what_the_pbx_says(db_dsn: str, tmp_path: Path) -> None:
     async with AmiSimulator(load_trace(TRACES / "inbound_answered.ami"), secret=SECRET, speed=0) as sim:
-        database = WatchedDatabase(service_dsn)
-        await run_until(database.recorded, settings(sim.port, service_dsn, tmp_path), database)
-    (row,) = await rows(service_dsn)
+        database = WatchedDatabase(db_dsn)
+        await run_until(database.recorded, settings(sim.port, db_dsn, tmp_path), database)
+    (row,) = await rows(db_dsn)
     assert row["talk_ms"] / 1000 == pytest.approx(truth("inbound_answered")["talk_seconds"], abs=0.2)
     assert (row["estimated"], row["match_status"], row["consultants"]) == (False, "unknown", ["101"])
 
 
-async def test_a_database_outage_loses_nothing(service_dsn: str, tmp_path: Path) -> None:
+async def test_a_database_outage_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
     async with AmiSimulator(load_trace(TRACES / "hold.ami"), secret=SECRET, speed=0) as sim:
         down = WatchedDatabase(UNREACHABLE)
         await run_until(down.failed, settings(sim.port, UNREACHABLE, tmp_path), down)
         assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1
         # The service stopped with PostgreSQL still down; it starts again once it is back.
-        back = WatchedDatabase(service_dsn)
-        await run_until(back.recorded, settings(sim.port, service_dsn, tmp_path), back)
-    (row,) = await rows(service_dsn)
+        back = WatchedDatabase(db_dsn)
+        await run_until(back.recorded, settings(sim.port, db_dsn, tmp_path), back)
+    (row,) = await rows(db_dsn)
     expected = truth("hold")
     assert row["talk_ms"] / 1000 == pytest.approx(expected["talk_seconds"], abs=0.2)
     assert row["hold_ms"] / 1000 == pytest.approx(expected["hold_seconds"], abs=0.2)
     assert (tmp_path / "default" / "pending.jsonl").read_text() == ""
 
 
-async def test_a_restart_mid_call_resumes_the_call(service_dsn: str, tmp_path: Path) -> None:
+async def test_a_restart_mid_call_resumes_the_call(db_dsn: str, tmp_path: Path) -> None:
     trace = load_trace(TRACES / "long_call.ami")
     bridged = next(
         n
@@ -112,23 +112,25 @@ async def test_a_restart_mid_call_resumes_the_call(service_dsn: str, tmp_path: P
             if isinstance(effect, TalkStarted):
                 talking.set()
 
-        slow = settings(sim.port, service_dsn, tmp_path, ami_reconnect_min=30.0, ami_reconnect_max=30.0)
-        first = WatchedDatabase(service_dsn)
+        slow = settings(sim.port, db_dsn, tmp_path, ami_reconnect_min=30.0, ami_reconnect_max=30.0)
+        first = WatchedDatabase(db_dsn)
         await run_until(talking, slow, first, on_effect=on_effect)
         saved = json.loads((tmp_path / "default" / "open.json").read_text())
         assert [c["client_number"] for c in saved] == ["+74951234567"]
 
-        second = WatchedDatabase(service_dsn)
-        await run_until(second.recorded, settings(sim.port, service_dsn, tmp_path), second)
-    (row,) = await rows(service_dsn)
+        second = WatchedDatabase(db_dsn)
+        await run_until(second.recorded, settings(sim.port, db_dsn, tmp_path), second)
+    (row,) = await rows(db_dsn)
     assert row["estimated"] is True
     assert row["talk_ms"] / 1000 == pytest.approx(truth("long_call")["talk_seconds"], abs=1.0)
 
 
-async def test_an_outdated_schema_stops_the_service_and_keeps_the_call(bare_dsn: str, tmp_path: Path) -> None:
+async def test_an_outdated_schema_stops_the_service_and_keeps_the_call(
+    empty_dsn: str, tmp_path: Path
+) -> None:
     async with AmiSimulator(load_trace(TRACES / "direct_dial.ami"), secret=SECRET, speed=0) as sim:
         stop = asyncio.Event()
-        config = settings(sim.port, bare_dsn, tmp_path)
+        config = settings(sim.port, empty_dsn, tmp_path)
         with pytest.raises(FatalStorageError, match="talkmeter migrate"):
             async with asyncio.timeout(GUARD):
                 await serve(config, stop, stop_grace=0.5)
