@@ -3,16 +3,22 @@
 With `--dry-run` it prints one JSON object per finished conversation, in the order they end, and
 touches no database: the audit tool for "what would talkmeter have measured on this capture".
 Conversations still open when the capture ends are closed at their last event, `estimated: true`.
+
+Without `--dry-run` the conversations are recorded and rated in the configured database, exactly as
+the daemon records them (idempotent: replaying a capture twice changes nothing), and one line per
+conversation says what became of it (rated, unknown number, no contract, duplicate, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from daemon.logging import configure_logging
 from daemon.settings import ConfigError, Settings, load_settings
 from telephony.calls import WANTED_EVENTS, CallTracker
 from telephony.capture import parse_timing, read_capture
@@ -70,6 +76,7 @@ def _collect(effect: object, finished: list[Conversation]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    configure_logging(settings.log_level)  # logs to stderr: stdout carries the results
     conversations = measure_capture(args.trace, settings, args.timing)
     if not args.dry_run:
         return _write(conversations, settings)
@@ -79,4 +86,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(conversations: list[Conversation], settings: Settings) -> int:
-    raise ConfigError("replay without --dry-run needs the accounting store, which is not wired yet")
+    return asyncio.run(_record_all([c.to_json() for c in conversations], settings.dsn()))
+
+
+async def _record_all(conversations: list[dict[str, Any]], dsn: str) -> int:
+    # Imported here so that `--dry-run` works without the database driver's import cost.
+    import asyncpg  # noqa: PLC0415
+
+    from accounting.ledger import record_conversation  # noqa: PLC0415
+    from accounting.migrate import SchemaError, check_schema  # noqa: PLC0415
+
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise ConfigError(f"cannot reach the database: {type(error).__name__}: {error}") from error
+    async with pool:
+        async with pool.acquire() as conn:
+            try:
+                await check_schema(conn)
+            except SchemaError as error:
+                raise ConfigError(str(error)) from error
+        for conversation in conversations:
+            result = await record_conversation(pool, conversation)
+            amount = result.charge.amount if result.charge is not None else None
+            print(f"{result.conversation_id}\t{result.status}\t{result.client_id or '-'}\t{amount or '-'}")
+    return 0

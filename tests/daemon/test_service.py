@@ -135,3 +135,29 @@ async def test_an_outdated_schema_stops_the_service_and_keeps_the_call(
             async with asyncio.timeout(GUARD):
                 await serve(config, stop, stop_grace=0.5)
     assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1
+
+
+async def test_replay_without_dry_run_records_and_is_idempotent(
+    db_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", db_dsn)
+    capture = str(TRACES / "caller_id_formats.ami")
+    assert await asyncio.to_thread(main, ["replay", capture]) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert await asyncio.to_thread(main, ["replay", capture]) == 0
+    second = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in first] == ["unknown"] * 4 + ["withheld", "unknown"]
+    assert [line.split("\t")[1] for line in second] == ["duplicate"] * 6
+    assert len(await rows(db_dsn)) == 6
+
+
+def test_replay_into_a_database_without_the_schema_says_what_to_do(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", empty_dsn)
+    assert main(["replay", str(TRACES / "hold.ami")]) == 2
+    assert "talkmeter migrate" in capsys.readouterr().err
