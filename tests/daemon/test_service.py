@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from daemon.cli import main
 from daemon.service import Database, serve
 from daemon.settings import Settings
 from daemon.writer import FatalStorageError
@@ -140,8 +141,6 @@ async def test_an_outdated_schema_stops_the_service_and_keeps_the_call(
 async def test_replay_without_dry_run_records_and_is_idempotent(
     db_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from daemon.cli import main
-
     monkeypatch.setenv("TALKMETER_DATABASE_URL", db_dsn)
     capture = str(TRACES / "caller_id_formats.ami")
     assert await asyncio.to_thread(main, ["replay", capture]) == 0
@@ -156,8 +155,6 @@ async def test_replay_without_dry_run_records_and_is_idempotent(
 def test_replay_into_a_database_without_the_schema_says_what_to_do(
     empty_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from daemon.cli import main
-
     monkeypatch.setenv("TALKMETER_DATABASE_URL", empty_dsn)
     assert main(["replay", str(TRACES / "hold.ami")]) == 2
     assert "talkmeter migrate" in capsys.readouterr().err
