@@ -136,9 +136,9 @@ def test_a_bad_month_is_a_usage_error(database: str, capsys: pytest.CaptureFixtu
 
 
 def month_end_queries() -> list[str]:
-    """The SELECT statements of docs/accounting.md's month-end section."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "accounting.md").read_text()
-    section = text.split("### Month-end queries", 1)[1].split("\n## ", 1)[0]
+    """The SELECT statements of the README's month-end section."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("#### Month-end queries", 1)[1].split("\n### ", 1)[0]
     blocks = [block.split("```", 1)[0] for block in section.split("```sql")[1:]]
     statements = [part.strip() for block in blocks for part in block.split(";")]
     return [s for s in statements if s.split("\n")[-1].strip() and "SELECT" in s]

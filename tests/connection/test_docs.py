@@ -1,4 +1,4 @@
-"""docs/ami.md tells admins which events to let through: keep it in step with the call model."""
+"""The README tells admins which events to let through: keep it in step with the call model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from telephony.calls import WANTED_EVENTS
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "ami.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_event_the_model_reads_has_an_event_filter_line() -> None:
