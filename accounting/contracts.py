@@ -23,7 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from accounting.numbers import normalize_number
+from telephony.numbers import normalize as normalize_number
 
 DEFAULT_TIMEZONE = "Europe/Moscow"
 

@@ -1,5 +1,5 @@
 """Small pure pieces: ledger postings, numbers, the query file, the conversation dict, and the
-dependency rule (the rating core imports no I/O, accounting imports no telephony)."""
+dependency rule (the rating core imports no I/O, accounting imports nothing of the call model)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from accounting_helpers import contract, conversation_dict, talk
 
 from accounting.conversations import InvalidConversation, parse_conversation
-from accounting.numbers import normalize_number
 from accounting.postings import LedgerState, plan_postings, state_of
 from accounting.queries import parse_queries
 from accounting.rating import rate_contract
+from telephony.numbers import normalize as normalize_number
 
 MSK = "Europe/Moscow"
 
@@ -124,7 +124,7 @@ def test_microseconds_round_half_up_to_milliseconds() -> None:
         ("accounting.rating accounting.contracts accounting.conversations accounting.postings", "asyncpg"),
         (
             "accounting.rating accounting.ledger accounting.importer accounting.reports accounting.migrate",
-            "telephony",
+            "telephony.calls",
         ),
     ],
 )
