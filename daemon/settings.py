@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,11 +59,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config = os.environ.get("TALKMETER_CONFIG")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if config:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
-        return tuple(sources)
+        # Command line (init) over environment over the TOML file; `toml_file` is set by
+        # `load_settings` on a subclass, so no global state decides which file is read.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     def ami_password(self) -> str:
         """The AMI secret from `ami_secret` or, failing that, from `ami_secret_file`."""
@@ -84,10 +82,33 @@ class ConfigError(RuntimeError):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment and `config_file` (if given), with `overrides` on top."""
+    """Settings from `overrides` (None values ignored), the environment, then `config_file`.
+
+    Without `config_file`, the file named by `TALKMETER_CONFIG` is read, if any.
+    """
+    config_file = config_file or _env_path("TALKMETER_CONFIG")
+    settings_class = Settings
     if config_file is not None:
         if not config_file.is_file():
             raise ConfigError(f"config file not found: {config_file}")
-        os.environ["TALKMETER_CONFIG"] = str(config_file)
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
+
+        settings_class = FileSettings
     clean = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**clean)
+    try:
+        return settings_class(**clean)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, config_file)) from error
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _describe(error: ValidationError, config_file: Path | None) -> str:
+    where = f" (environment or {config_file})" if config_file else " (environment)"
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+    return f"invalid configuration{where}: {problems}"
