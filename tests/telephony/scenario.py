@@ -122,36 +122,27 @@ class Pbx:
 
     # --- raw events
     def emit(self, event: str, chan: Chan, **extra: str) -> None:
-        headers = {
-            "Channel": chan.name,
-            "ChannelState": STATES[chan.state],
-            "ChannelStateDesc": chan.state,
-            "CallerIDNum": chan.callerid,
-            "Exten": chan.exten,
-            "Uniqueid": chan.uniqueid,
-            "Linkedid": chan.uniqueid,
-        }
-        self.emit_raw(event, **headers, **extra)
+        self.emit_raw(event, **channel_headers(chan), **extra)
 
     def emit_raw(self, event: str, **headers: str) -> None:
         self.events.append(Message({"Event": event, "Timestamp": f"{self.now:.6f}", **headers}))
 
     def snapshot_item(self, chan: Chan, duration: str = "00:00:10", application: str = "Queue") -> Message:
-        return Message(
-            {
-                "Event": "CoreShowChannel",
-                "Channel": chan.name,
-                "ChannelState": STATES[chan.state],
-                "ChannelStateDesc": chan.state,
-                "CallerIDNum": chan.callerid,
-                "Exten": chan.exten,
-                "Uniqueid": chan.uniqueid,
-                "BridgeId": chan.bridge or "",
-                "Application": application,
-                "Duration": duration,
-            }
-        )
+        """The CoreShowChannel line Asterisk would list for `chan` now (no Timestamp: a list item)."""
+        extra = {"BridgeId": chan.bridge or "", "Application": application, "Duration": duration}
+        return Message({"Event": "CoreShowChannel", **channel_headers(chan), **extra})
 
+
+def channel_headers(chan: Chan) -> dict[str, str]:
+    return {
+        "Channel": chan.name,
+        "ChannelState": STATES[chan.state],
+        "ChannelStateDesc": chan.state,
+        "CallerIDNum": chan.callerid,
+        "Exten": chan.exten,
+        "Uniqueid": chan.uniqueid,
+        "Linkedid": chan.uniqueid,
+    }
 
 def run(
     events: list[Message],
