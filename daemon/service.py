@@ -16,9 +16,9 @@ stop (SIGTERM) logs off the PBX, applies what was received, checkpoints the call
 (instead of closing them: the calls go on, and the next start resumes them), gives the writer a
 bounded time to commit, and leaves whatever is not committed in the spool.
 
-The database is reached lazily: the service follows calls even when PostgreSQL is down at start
-(conversations wait in the spool). On the first connection it checks the schema and stops, saying
-why, if the schema is not the one this talkmeter expects.
+At start the service checks the database schema and refuses to run, saying why, if it is not the
+one this talkmeter expects. A database that is merely down does not stop it: it follows calls
+anyway (conversations wait in the spool) and checks the schema on the first connection.
 """
 
 from __future__ import annotations
@@ -60,6 +60,18 @@ class Database:
     async def record(self, conversation: dict[str, Any]) -> None:
         pool = await self._connect()
         await record_conversation(pool, conversation)
+
+    async def check_at_start(self) -> None:
+        """Refuse to start on a wrong schema; a database that is merely down is not a reason."""
+        try:
+            await self._connect()
+        except FatalStorageError:
+            raise
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            log.warning("database.unavailable_at_start", error=type(error).__name__,
+                        hint="following calls anyway; conversations wait in the spool")  # fmt: skip
 
     async def _connect(self) -> asyncpg.Pool:
         if self._pool is not None:
@@ -127,6 +139,7 @@ async def serve(
     `on_effect` sees every live effect of the call model (the hook for live alerts, and for tests).
     """
     database = database or Database(settings.dsn())
+    await database.check_at_start()
     spool_dir = settings.spool_dir / settings.pbx
     writer = ConversationWriter(database.record, Spool(spool_dir), is_transient)
     checkpoints = Checkpoints(spool_dir)

@@ -126,15 +126,33 @@ async def test_a_restart_mid_call_resumes_the_call(db_dsn: str, tmp_path: Path) 
     assert row["talk_ms"] / 1000 == pytest.approx(truth("long_call")["talk_seconds"], abs=1.0)
 
 
-async def test_an_outdated_schema_stops_the_service_and_keeps_the_call(
+async def test_the_service_refuses_to_start_on_an_outdated_schema(empty_dsn: str, tmp_path: Path) -> None:
+    stop = asyncio.Event()
+    with pytest.raises(FatalStorageError, match="talkmeter migrate"):
+        async with asyncio.timeout(GUARD):
+            await serve(settings(9, empty_dsn, tmp_path), stop, stop_grace=0.5)
+    assert not (tmp_path / "default" / "pending.jsonl").exists()
+
+
+async def test_a_schema_found_outdated_later_stops_the_service_and_keeps_the_call(
     empty_dsn: str, tmp_path: Path
 ) -> None:
+    """PostgreSQL was down at start; when it answers, its schema turns out to be missing."""
+
+    class ComesBackWithoutSchema(WatchedDatabase):
+        def __init__(self) -> None:
+            super().__init__(UNREACHABLE)
+
+        async def record(self, conversation: dict[str, Any]) -> None:
+            self._dsn = empty_dsn  # the database is back, but nobody ran `talkmeter migrate`
+            await super().record(conversation)
+
     async with AmiSimulator(load_trace(TRACES / "direct_dial.ami"), secret=SECRET, speed=0) as sim:
         stop = asyncio.Event()
-        config = settings(sim.port, empty_dsn, tmp_path)
+        config = settings(sim.port, UNREACHABLE, tmp_path)
         with pytest.raises(FatalStorageError, match="talkmeter migrate"):
             async with asyncio.timeout(GUARD):
-                await serve(config, stop, stop_grace=0.5)
+                await serve(config, stop, ComesBackWithoutSchema(), stop_grace=0.5)
     assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1
 
 
