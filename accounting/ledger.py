@@ -75,7 +75,7 @@ async def record_conversation(pool: asyncpg.Pool, conversation: Mapping[str, Any
     result = await _record(pool, record)
     charge = result.charge
     log.info(
-        "conversation_recorded",
+        "conversation.recorded",
         conversation_id=result.conversation_id,
         status=result.status,
         client_id=result.client_id,

@@ -165,12 +165,7 @@ class ConversationWriter:
                 self._spool.reject(conversation, repr(error))
                 self.rejected += 1
             else:
-                self.written += 1
-                log.info(
-                    "conversation.recorded",
-                    conversation_id=conversation_id,
-                    talk_seconds=conversation.get("talk_seconds"),
-                )
+                self.written += 1  # accounting logs the canonical `conversation.recorded` line
             self._backoff.reset()
             self._unwritten.discard(conversation_id)
             return

@@ -340,7 +340,7 @@ async def test_one_canonical_log_line_per_conversation(pool: asyncpg.Pool, conn:
         await record_conversation(pool, conversation_dict("x1", "2026-11-24T10:00:00+03:00", (0, 1200)))
     assert logs == [
         {
-            "event": "conversation_recorded",
+            "event": "conversation.recorded",
             "log_level": "info",
             "conversation_id": "x1",
             "status": "rated",
