@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test
+.PHONY: install demo test bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -17,3 +17,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Throughput and memory figures of the AMI pipeline (prints, asserts nothing).
+bench: install
+	$(PY) benchmarks/pipeline.py
