@@ -17,7 +17,7 @@ from telephony.effects import (
 )
 from telephony.roles import ChannelRoles
 
-from .scenario import Pbx, one, run, shape
+from .scenario import Chan, Pbx, one, run, shape
 
 
 def answered_by_101(pbx: Pbx) -> tuple[object, object, str]:
@@ -574,3 +574,56 @@ def test_a_restart_during_which_the_call_moved_stops_talk_at_the_checkpoint() ->
     (conversation,), _ = run(pbx.events[resume:], new)
     assert shape(conversation) == [("101", 4.0, False), ("102", 5.0, False)]
     assert conversation.consultants == ["101", "102"]
+
+
+def start_consultation(pbx: Pbx, agent: Chan, bridge: str) -> tuple[Chan, Chan, str]:
+    """Atxfer: 101 puts the client on hold, leaves its bridge and calls 102 in a new one."""
+    pbx.hold(agent)
+    pbx.leave(bridge, agent)
+    colleague = pbx.consultant("102", 7)
+    pbx.state(colleague, "Ringing")
+    consult = pbx.bridge()
+    pbx.enter(consult, agent)
+    return agent, colleague, consult
+
+
+def test_attended_transfer_that_becomes_a_three_way_call() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(3)
+    _, colleague, consult = start_consultation(pbx, agent, bridge)
+    pbx.after(1)
+    pbx.answer(colleague)
+    pbx.enter(consult, colleague)
+    pbx.after(4)  # 101 and 102 consult; the client waits on hold
+    pbx.leave(consult, agent, colleague)  # DestType Threeway: everybody in the client's bridge
+    pbx.enter(bridge, agent, colleague)
+    pbx.after(6)
+    pbx.hangup(agent)
+    pbx.after(2)
+    pbx.hangup(colleague, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [
+        ("101", 3.0, False),
+        ("101", 5.0, True),
+        ("101", 6.0, False),
+        ("102", 2.0, False),
+    ]
+    assert conversation.consultants == ["101", "102"]
+
+
+def test_failed_attended_transfer_returns_the_client_to_the_first_consultant() -> None:
+    pbx = Pbx()
+    client, agent, bridge = answered_by_101(pbx)
+    pbx.after(3)
+    _, colleague, consult = start_consultation(pbx, agent, bridge)
+    pbx.after(15)  # 102 never answers (DestType Fail)
+    pbx.hangup(colleague)
+    pbx.leave(consult, agent)
+    pbx.enter(bridge, agent)
+    pbx.unhold(agent)
+    pbx.after(4)
+    pbx.hangup(agent, client)
+    conversation = one(pbx.events)
+    assert shape(conversation) == [("101", 3.0, False), ("101", 15.0, True), ("101", 4.0, False)]
+    assert conversation.consultants == ["101"]
