@@ -539,13 +539,17 @@ class AmiLink:
             return done
 
         # All sent at once, so the PBX answers them back to back, as close to one moment as it can.
+        # BridgeList goes before CoreShowChannels: Asterisk may send live events between two
+        # answers, and those must not be overridden by an older channel list. With the channels
+        # last, the snapshot is applied exactly where the channel list ends; the bridge list only
+        # adds what kind each bridge is (holding or not), which does not go stale.
         request = protocol.request
         request({"Action": "Ping"}, on_done=pinged)
-        channels = request({"Action": "CoreShowChannels"}, is_list=True, on_done=collected("channels"))
         bridges = request({"Action": "BridgeList"}, is_list=True, on_done=collected("bridges"))
+        channels = request({"Action": "CoreShowChannels"}, is_list=True, on_done=collected("channels"))
         try:
-            await self._wait(protocol, channels, self.config.action_timeout)
             await self._wait(protocol, bridges, self.config.action_timeout)
+            await self._wait(protocol, channels, self.config.action_timeout)
         except ActionRefused as error:
             hint = "the AMI user needs write = system,reporting; continuing without a snapshot"
             log.error("ami.resync_refused", error=str(error), hint=hint)
