@@ -144,6 +144,7 @@ def channel_headers(chan: Chan) -> dict[str, str]:
         "Linkedid": chan.uniqueid,
     }
 
+
 def run(
     events: list[Message],
     tracker: CallTracker | None = None,
