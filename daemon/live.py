@@ -31,7 +31,6 @@ from typing import Any
 
 import structlog
 
-from daemon.commands.replay import tracker_from
 from daemon.settings import Settings
 from telephony.ami import AmiLink, Item, LinkConfig, Received, Resync, SessionLost, SessionStarted, Sleep
 from telephony.calls import WANTED_EVENTS, CallTracker, Snapshot
@@ -62,7 +61,7 @@ class Pipeline:
         """`tracker`: a restored one (default: a fresh one from `settings`). `on_stop(tracker, now)`:
         called at a graceful stop instead of closing open conversations (to checkpoint them)."""
         self.link = AmiLink(LinkConfig.from_settings(settings), wanted=WANTED_EVENTS, sleep=sleep)
-        self.tracker = tracker or tracker_from(settings)
+        self.tracker = tracker or settings.call_tracker()
         self.on_stop = on_stop
         self.on_conversation = on_conversation
         self.on_effect = on_effect

@@ -33,11 +33,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from accounting.conversations import InvalidConversation
 from accounting.ledger import RetryableStorageError, record_conversation
 from accounting.migrate import SchemaError, check_schema
 from daemon import systemd
-from daemon.commands.replay import tracker_from
 from daemon.live import OnEffect, Pipeline, stop_on_signals
 from daemon.settings import Settings
 from daemon.writer import ConversationWriter, FatalStorageError, Spool
@@ -98,7 +96,8 @@ class Database:
 
 
 def is_transient(error: BaseException) -> bool:
-    return isinstance(error, _TRANSIENT) and not isinstance(error, InvalidConversation)
+    """Errors that pass with time (connection, restart, aborted transaction): retry, keep order."""
+    return isinstance(error, _TRANSIENT)
 
 
 class Checkpoints:
@@ -143,7 +142,7 @@ async def serve(
     spool_dir = settings.spool_dir / settings.pbx
     writer = ConversationWriter(database.record, Spool(spool_dir), is_transient)
     checkpoints = Checkpoints(spool_dir)
-    tracker = tracker_from(settings)
+    tracker = settings.call_tracker()
     tracker.restore(checkpoints.load())
     writer.resume()
 
@@ -157,8 +156,10 @@ async def serve(
         asyncio.create_task(pipeline.run(stop), name="pipeline"),
         asyncio.create_task(writer.run(), name="writer"),
         asyncio.create_task(_checkpoint_forever(pipeline, checkpoints), name="checkpointer"),
-        asyncio.create_task(_watchdog_forever(writer), name="watchdog"),
     ]
+    watchdog = systemd.watchdog_interval()
+    if watchdog is not None:
+        tasks.append(asyncio.create_task(_watchdog_forever(writer, watchdog), name="watchdog"))
     systemd.notify("READY=1")
     log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
     try:
@@ -194,13 +195,10 @@ async def _checkpoint_forever(pipeline: Pipeline, checkpoints: Checkpoints) -> N
             checkpoints.save(pipeline.tracker.checkpoint(pipeline.link.clock.now()))
 
 
-async def _watchdog_forever(writer: ConversationWriter) -> None:
-    interval = systemd.watchdog_interval()
-    if interval is None:
-        await asyncio.Event().wait()  # no watchdog asked for: idle until cancelled
+async def _watchdog_forever(writer: ConversationWriter, interval: float) -> None:
     while True:
         systemd.notify(f"WATCHDOG=1\nSTATUS=recorded {writer.written}, waiting {writer.backlog}")
-        await asyncio.sleep(interval or 1.0)
+        await asyncio.sleep(interval)
 
 
 async def run_until_signalled(settings: Settings) -> None:

@@ -20,7 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from telephony.roles import DEFAULT_CONSULTANTS, DEFAULT_IGNORED, DEFAULT_TRUNKS
+from telephony.calls import CallTracker
+from telephony.roles import DEFAULT_CONSULTANTS, DEFAULT_IGNORED, DEFAULT_TRUNKS, ChannelRoles
 
 
 class Settings(BaseSettings):
@@ -62,6 +63,15 @@ class Settings(BaseSettings):
         # Command line (init) over environment over the TOML file; `toml_file` is set by
         # `load_settings` on a subclass, so no global state decides which file is read.
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def call_tracker(self) -> CallTracker:
+        """A fresh call model configured by these settings (roles, debounce, region, PBX name)."""
+        roles = ChannelRoles(
+            trunks=tuple(self.trunk_channels),
+            consultants=tuple(self.consultant_channels),
+            ignored=tuple(self.ignored_channels),
+        )
+        return CallTracker(roles, self.talk_debounce, self.default_region, self.pbx)
 
     def ami_password(self) -> str:
         """The AMI secret from `ami_secret` or, failing that, from `ami_secret_file`."""

@@ -81,7 +81,6 @@ def decode(raw: bytes) -> str:
 def parse_frame(frame: bytes) -> Message | Malformed:
     """Parse one complete frame (without its terminating empty line)."""
     headers: dict[str, str] = {}
-    bad_lines = 0
     for line in decode(frame).split("\r\n"):
         key, sep, value = line.partition(": ")
         if not sep:
@@ -89,14 +88,10 @@ def parse_frame(frame: bytes) -> Message | Malformed:
                 headers.setdefault("Banner", line)
             elif line.endswith(":") and line[:-1] and " " not in line:
                 headers.setdefault(line[:-1], "")  # `Key:` with an empty value
-            elif line.strip():
-                bad_lines += 1
-            continue
+            continue  # a stray line without a colon is skipped; the rest of the frame still counts
         headers.setdefault(key, value)
     if not headers:
         return Malformed(frame[:200], "no 'Key: Value' lines")
-    if bad_lines and len(headers) == 0:
-        return Malformed(frame[:200], "unreadable lines")
     return Message(headers)
 
 

@@ -16,6 +16,10 @@ PURE_MODULES = [
     "telephony.effects",
     "telephony.calls",
     "telephony.capture",
+    "accounting.rating",
+    "accounting.contracts",
+    "accounting.conversations",
+    "accounting.postings",
 ]
 FORBIDDEN = ["asyncio", "asyncpg", "panoramisk", "socket", "structlog"]
 

@@ -18,13 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from accounting.ledger import record_conversation
+from accounting.migrate import SchemaError, check_schema
 from daemon.logging import configure_logging
 from daemon.settings import ConfigError, Settings, load_settings
-from telephony.calls import WANTED_EVENTS, CallTracker
+from telephony.calls import WANTED_EVENTS
 from telephony.capture import parse_timing, read_capture
 from telephony.effects import Anomaly, Conversation, ConversationEnded
 from telephony.framing import Malformed
-from telephony.roles import ChannelRoles
 
 
 def register(subparsers: Any) -> None:
@@ -36,22 +39,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def tracker_from(settings: Settings) -> CallTracker:
-    roles = ChannelRoles(
-        trunks=tuple(settings.trunk_channels),
-        consultants=tuple(settings.consultant_channels),
-        ignored=tuple(settings.ignored_channels),
-    )
-    return CallTracker(roles, settings.talk_debounce, settings.default_region, settings.pbx)
-
-
 def measure_capture(path: Path, settings: Settings, timing_path: Path | None = None) -> list[Conversation]:
     """All conversations of a capture, in the order they ended; anomalies go to stderr."""
     if not path.is_file():
         raise ConfigError(f"no such capture: {path}")
     sidecar = timing_path or path.with_name(path.name + ".timing")
     timing = parse_timing(sidecar.read_text().splitlines()) if sidecar.is_file() else None
-    tracker = tracker_from(settings)
+    tracker = settings.call_tracker()
     finished: list[Conversation] = []
     for message, received_at in read_capture(path.read_bytes(), timing, WANTED_EVENTS):
         if isinstance(message, Malformed):
@@ -90,12 +84,6 @@ def _write(conversations: list[Conversation], settings: Settings) -> int:
 
 
 async def _record_all(conversations: list[dict[str, Any]], dsn: str) -> int:
-    # Imported here so that `--dry-run` works without the database driver's import cost.
-    import asyncpg  # noqa: PLC0415
-
-    from accounting.ledger import record_conversation  # noqa: PLC0415
-    from accounting.migrate import SchemaError, check_schema  # noqa: PLC0415
-
     try:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     except (OSError, asyncpg.PostgresError) as error:
@@ -108,6 +96,8 @@ async def _record_all(conversations: list[dict[str, Any]], dsn: str) -> int:
                 raise ConfigError(str(error)) from error
         for conversation in conversations:
             result = await record_conversation(pool, conversation)
-            amount = result.charge.amount if result.charge is not None else None
-            print(f"{result.conversation_id}\t{result.status}\t{result.client_id or '-'}\t{amount or '-'}")
+            amount = (
+                "-" if result.charge is None else f"{result.charge.amount} {result.charge.currency or ''}"
+            )
+            print(f"{result.conversation_id}\t{result.status}\t{result.client_id or '-'}\t{amount.strip()}")
     return 0
