@@ -4,7 +4,15 @@
 -- ===== migrations =====
 
 -- name: bootstrap_migrations
-CREATE SCHEMA IF NOT EXISTS talkmeter;
+-- The schema is created only when missing: CREATE SCHEMA IF NOT EXISTS would still need CREATE on
+-- the database, which the owner of a schema an administrator made for it does not need.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'talkmeter') THEN
+        CREATE SCHEMA talkmeter;
+    END IF;
+END
+$$;
 CREATE TABLE IF NOT EXISTS talkmeter.schema_migrations (
     version integer PRIMARY KEY,
     name text NOT NULL,
@@ -20,6 +28,12 @@ SELECT version, name, checksum FROM talkmeter.schema_migrations ORDER BY version
 
 -- name: record_migration
 INSERT INTO talkmeter.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
+
+-- name: existing_roles
+SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[]);
+
+-- name: may_create_roles
+SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user;
 
 -- name: lock_migrations
 SELECT pg_advisory_lock($1);

@@ -19,7 +19,7 @@ import asyncpg
 from accounting import reports
 from accounting.importer import ImportFailed, import_clients, import_contracts
 from accounting.ledger import RetryableStorageError, assign_conversation, rerate
-from accounting.migrate import SchemaError, check_schema, migrate
+from accounting.migrate import MissingRoles, SchemaError, check_schema, migrate
 from daemon.settings import ConfigError, load_settings
 
 
@@ -151,6 +151,11 @@ def _run(args: argparse.Namespace, job: Callable[[asyncpg.Pool], Awaitable[int]]
         for error in failure.errors:
             print(f"talkmeter: {args.file}: {error}", file=sys.stderr)
         print(f"talkmeter: {failure}", file=sys.stderr)
+        return 2
+    except MissingRoles as error:
+        print(f"talkmeter: {error}:", file=sys.stderr)
+        for statement in error.statements:
+            print(f"    {statement}", file=sys.stderr)
         return 2
     except (SchemaError, LookupError, RetryableStorageError) as error:
         print(f"talkmeter: {error}", file=sys.stderr)

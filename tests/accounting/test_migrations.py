@@ -4,16 +4,20 @@ missing files are refused."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from accounting.migrate import SchemaError, check_schema, load_migrations, migrate, migrations_dir
 from accounting.queries import QUERIES
+from daemon.cli import main
+from tests.db import admin, dsn_for, unique_name
 
 pytestmark = pytest.mark.db
 
@@ -226,3 +230,95 @@ async def test_bad_file_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "0001_b.sql").write_text("SELECT 2;")
     with pytest.raises(SchemaError, match="two migration files with version 0001"):
         load_migrations(tmp_path)
+
+
+# --- least privilege: roles are the runner's job ---------------------------------------------------
+
+
+def role_dsn(database: str, role: str, password: str) -> str:
+    parts = urlsplit(dsn_for(database))
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{host}"))
+
+
+@pytest.fixture
+def owner(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A login role without CREATEROLE that owns a fresh database, configured as a user would."""
+    role, database, password = unique_name("tm_owner"), unique_name("tm_owned"), "owner-pw"
+    asyncio.run(admin(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' NOCREATEROLE"))
+    asyncio.run(admin(f'CREATE DATABASE "{database}" OWNER {role}'))
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", role_dsn(database, role, password))
+    monkeypatch.delenv("TALKMETER_CONFIG", raising=False)
+    yield role, database
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    asyncio.run(admin(f"DROP ROLE IF EXISTS {role}"))
+
+
+def test_an_owner_without_createrole_migrates_when_the_roles_exist(
+    owner: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for role in ("talkmeter_writer", "talkmeter_accountant"):  # cluster-wide: made by an admin once
+        asyncio.run(admin(ROLE_IDIOM.format(role=role)))
+    assert main(["migrate"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "".join(f"applied {m.file_name}\n" for m in load_migrations())
+
+
+def test_missing_roles_are_created_when_allowed_else_the_admin_is_told_what_to_run(
+    owner: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    role_name, database = owner
+    new_role = unique_name("tm_role")
+    (tmp_path / "0001_roles.sql").write_text(
+        "CREATE TABLE talkmeter.probe (x int);\n" + ROLE_IDIOM.format(role=new_role) + "\n"
+        f"GRANT SELECT ON talkmeter.probe TO {new_role};\n"
+    )
+    monkeypatch.setenv("TALKMETER_MIGRATIONS_DIR", str(tmp_path))
+    try:
+        assert main(["migrate"]) == 2
+        err = capsys.readouterr().err
+        assert f"{new_role} do not exist and {role_name} may not create roles; nothing was applied" in err
+        assert f"\n    CREATE ROLE {new_role} NOLOGIN;\n" in err
+        assert asyncio.run(fetchval(database, "SELECT to_regclass('talkmeter.probe')")) is None
+
+        asyncio.run(admin(f"ALTER ROLE {role_name} CREATEROLE"))
+        assert main(["migrate"]) == 0
+        assert (
+            asyncio.run(fetchval(database, f"SELECT count(*) FROM pg_roles WHERE rolname = '{new_role}'"))
+            == 1
+        )
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        asyncio.run(admin(f"DROP ROLE IF EXISTS {new_role}"))
+
+
+def test_roles_come_out_of_the_executed_sql_and_the_checksum_stays_the_files(tmp_path: Path) -> None:
+    first = load_migrations()[0]
+    data = (Path(str(migrations_dir())) / first.file_name).read_bytes()
+    assert first.roles == ("talkmeter_writer", "talkmeter_accountant")
+    assert (
+        "CREATE ROLE" not in first.sql and "GRANT USAGE ON SCHEMA talkmeter TO talkmeter_writer" in first.sql
+    )
+    assert first.checksum == hashlib.sha256(data).hexdigest()
+    (tmp_path / "0001_login.sql").write_text("CREATE ROLE someone LOGIN;\n")
+    with pytest.raises(SchemaError, match="creates a role outside the runner's idiom"):
+        load_migrations(tmp_path)
+
+
+ROLE_IDIOM = """DO $$
+BEGIN
+    CREATE ROLE {role} NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$;"""
+
+
+async def fetchval(database: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn_for(database))
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
