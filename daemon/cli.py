@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ COMMAND_MODULES = (
     "daemon.commands.demo",
     "daemon.commands.accounting",
     "daemon.commands.run",
+    "daemon.commands.check_config",
 )
 
 
@@ -42,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `talkmeter ... | head`: the reader left, which is not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # Python flushes stdout at exit
+        return 0
 
 
 if __name__ == "__main__":

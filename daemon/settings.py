@@ -4,32 +4,54 @@ Precedence, highest first: explicit overrides from the command line, environment
 the TOML file given with `--config` (or `TALKMETER_CONFIG`), defaults.
 Secrets are `SecretStr` so that they print as `**********` in logs and reprs; the AMI secret may
 also come from a file (`ami_secret_file`, for systemd credentials), never from the command line.
+
+Every mistake a person can make here is a `ConfigError`: one line that names the setting, where
+its value came from (file, environment, command line) and what to do; the CLI prints it and exits
+with code 2. Values are checked when the settings are loaded (ports, log level, backoff order,
+region, the database URL's shape); the secret file is read only by the commands that need it.
+Error messages never contain a secret: not the AMI secret, not the database URL.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+import phonenumbers
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from telephony.calls import CallTracker
 from telephony.roles import DEFAULT_CONSULTANTS, DEFAULT_IGNORED, DEFAULT_TRUNKS, ChannelRoles
 
+ENV_PREFIX = "TALKMETER_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SECRET_SETTINGS = frozenset({"ami_secret", "database_url"})
+MASK = "********"
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port number from 1 to 65535")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TALKMETER_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    #: the TOML file's values; `load_settings` sets them on a subclass made for one call
+    file_values: ClassVar[dict[str, Any]] = {}
 
     # AMI
     ami_host: str = "127.0.0.1"
-    ami_port: int = 5038
+    ami_port: Port = 5038
     ami_user: str = "talkmeter"
     ami_secret: SecretStr | None = None
     ami_secret_file: Path | None = None
@@ -49,7 +71,10 @@ class Settings(BaseSettings):
     # Storage
     database_url: SecretStr | None = None
     spool_dir: Path = Path("/var/lib/talkmeter")
+    # Running
     log_level: str = "info"
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # 0: any free port (tests)
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def settings_customise_sources(
@@ -60,9 +85,44 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Command line (init) over environment over the TOML file; `toml_file` is set by
-        # `load_settings` on a subclass, so no global state decides which file is read.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        # Command line (init) over environment over the TOML file, whose values `load_settings`
+        # gives a subclass (`file_values`), so no global state decides which file is read.
+        file_values = getattr(settings_cls, "file_values", {})
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                "must be a two-letter region code of the phone numbering plans, such as RU, KZ, BY or DE"
+            )
+        return value.upper()
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = dsn_problem(value.get_secret_value())
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> Settings:
+        if self.ami_reconnect_min > self.ami_reconnect_max:
+            raise ValueError(
+                f"ami_reconnect_min ({self.ami_reconnect_min:g}) is greater than ami_reconnect_max "
+                f"({self.ami_reconnect_max:g}): make the minimum the smaller one"
+            )
+        return self
 
     def call_tracker(self) -> CallTracker:
         """A fresh call model configured by these settings (roles, debounce, region, PBX name)."""
@@ -76,9 +136,13 @@ class Settings(BaseSettings):
     def ami_password(self) -> str:
         """The AMI secret from `ami_secret` or, failing that, from `ami_secret_file`."""
         if self.ami_secret is not None:
+            if not self.ami_secret.get_secret_value():
+                raise ConfigError(
+                    "ami_secret (TALKMETER_AMI_SECRET) is empty: set it to the manager.conf secret"
+                )
             return self.ami_secret.get_secret_value()
         if self.ami_secret_file is not None:
-            return self.ami_secret_file.read_text().strip()
+            return read_secret_file(self.ami_secret_file)
         raise ConfigError("no AMI secret: set TALKMETER_AMI_SECRET or TALKMETER_AMI_SECRET_FILE")
 
     def dsn(self) -> str:
@@ -91,26 +155,102 @@ class ConfigError(RuntimeError):
     """A configuration problem the user must fix; printed without a traceback."""
 
 
+def read_secret_file(path: Path) -> str:
+    """The secret in `path`, stripped; a `ConfigError` naming the setting when it cannot be used."""
+    where = f"ami_secret_file (TALKMETER_AMI_SECRET_FILE) {path}"
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{where} does not exist: create it with the manager.conf secret, or fix the path"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory: point it at the file holding the secret") from None
+    except PermissionError:
+        raise ConfigError(f"{where} cannot be read by this user: fix its owner or mode") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text: write the secret as plain text") from None
+    except OSError as error:
+        raise ConfigError(f"{where} cannot be read: {error.strerror}") from None
+    if not secret:
+        raise ConfigError(f"{where} is empty: put the manager.conf secret in it")
+    return secret
+
+
+# --- loading, and saying where each value came from ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a setting's value came from: `default`, `file`, `environment` or `command line`."""
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.detail}".strip()
+
+    def phrase(self) -> str:
+        """How an error message says it: `in FILE`, `from TALKMETER_X`, `from --x`, `(default)`."""
+        if self.kind == "file":
+            return f"in {self.detail}"
+        if self.kind == "default":
+            return "(the default)"
+        return f"from {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    settings: Settings
+    sources: dict[str, Source]
+    config_file: Path | None
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from `overrides` (None values ignored), the environment, then `config_file`.
 
     Without `config_file`, the file named by `TALKMETER_CONFIG` is read, if any.
     """
+    return load_with_sources(config_file, **overrides).settings
+
+
+def load_with_sources(config_file: Path | None = None, **overrides: Any) -> Loaded:
+    """`load_settings`, and where each setting's value came from (for `check-config`)."""
     config_file = config_file or _env_path("TALKMETER_CONFIG")
-    settings_class = Settings
-    if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"config file not found: {config_file}")
-
-        class FileSettings(Settings):
-            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
-
-        settings_class = FileSettings
+    file_values = read_config_file(config_file) if config_file is not None else {}
     clean = {key: value for key, value in overrides.items() if value is not None}
+    sources = _sources(file_values, config_file, clean)
+
+    class FileSettings(Settings):
+        pass
+
+    FileSettings.file_values = file_values
+
     try:
-        return settings_class(**clean)
+        settings = FileSettings(**clean)
     except ValidationError as error:
-        raise ConfigError(_describe(error, config_file)) from error
+        raise ConfigError(describe(error, sources)) from None
+    return Loaded(settings, sources, config_file)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file's values; a `ConfigError` saying what is wrong with the file otherwise."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path} (check --config or TALKMETER_CONFIG)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}; fix that line") from None
 
 
 def _env_path(name: str) -> Path | None:
@@ -118,7 +258,109 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
-def _describe(error: ValidationError, config_file: Path | None) -> str:
-    where = f" (environment or {config_file})" if config_file else " (environment)"
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
-    return f"invalid configuration{where}: {problems}"
+def _sources(
+    file_values: dict[str, Any], config_file: Path | None, overrides: dict[str, Any]
+) -> dict[str, Source]:
+    environment = {name.lower(): name for name in os.environ}
+    sources = {}
+    for name in Settings.model_fields:
+        variable = environment.get((ENV_PREFIX + name).lower())
+        if name in overrides:
+            sources[name] = Source("command line", "--" + name.removeprefix("ami_").replace("_", "-"))
+        elif variable is not None:
+            sources[name] = Source("environment", variable)
+        elif name in file_values:
+            sources[name] = Source("file", str(config_file))
+        else:
+            sources[name] = Source("default")
+    for name in file_values:
+        sources.setdefault(name, Source("file", str(config_file)))
+    return sources
+
+
+def describe(error: ValidationError, sources: dict[str, Source]) -> str:
+    """One line for all the problems: each names the setting, its source, the problem, the fix."""
+    problems = []
+    for item in error.errors():
+        setting = ".".join(map(str, item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if not setting:  # a check across settings: its message names them
+            problems.append(message)
+            continue
+        where = sources.get(str(item["loc"][0]), Source("default")).phrase()
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{setting} {where} is not a talkmeter setting (check its spelling)")
+            continue
+        shown = "" if setting in SECRET_SETTINGS else _shown(item.get("input"))
+        problems.append(f"{setting}{shown} {where}: {message}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def _shown(value: object) -> str:
+    if value is None or isinstance(value, dict | list):
+        return ""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return f" = {text[:60]}"
+
+
+# --- the database URL ---------------------------------------------------------------------------
+
+
+def dsn_problem(url: str) -> str | None:
+    """What is wrong with a PostgreSQL URL, in words that never repeat it (it may hold a password)."""
+    example = "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        return f"the URL has no scheme: write it as {example}"
+    if scheme not in ("postgresql", "postgres"):
+        return f"the URL must start with postgresql:// (it starts with {scheme[:20]}://)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the URL has a broken IPv6 address: write it in brackets, as in postgresql://USER@[::1]:5432/DATABASE"
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(",") if hosts else []:
+        problem = _host_problem(host)
+        if problem:
+            return problem
+    query = parse_qs(parts.query)
+    for mode in query.get("sslmode", []):
+        if mode not in SSL_MODES:
+            return f"sslmode={mode[:20]} is not one of {', '.join(SSL_MODES)}"
+    for port in query.get("port", []):
+        if not _valid_port(port):
+            return f"port={port[:20]} in the URL is not a port number from 1 to 65535"
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    if host.startswith("["):
+        address, bracket, rest = host[1:].partition("]")
+        if not bracket or not address or (rest and not rest.startswith(":")):
+            return "the URL has a broken IPv6 address: write it in brackets, as in postgresql://USER@[::1]:5432/DATABASE"
+        port = rest[1:] if rest else None
+    elif host.count(":") > 1:
+        return "the URL has an IPv6 address without brackets: write it as [::1]:5432"
+    else:
+        _, colon, port_text = host.partition(":")
+        port = port_text if colon else None
+    if port is not None and not _valid_port(port):
+        return f"the port {port[:20]!r} in the URL is not a number from 1 to 65535"
+    return None
+
+
+def _valid_port(text: str) -> bool:
+    return text.isdigit() and 1 <= int(text) <= 65535
+
+
+def masked_dsn(url: str) -> str:
+    """The URL with its password (in the user part or as `password=`) replaced by asterisks."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":" + MASK
+    query = "&".join(
+        f"{key}={MASK}" if key == "password" else f"{key}={value}"
+        for key, _, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hosts}", query=query))
