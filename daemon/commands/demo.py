@@ -1,55 +1,88 @@
 """`talkmeter demo`: talkmeter measuring calls live, with no PBX (what `make demo` runs).
 
-It starts the AMI simulator in-process on a free loopback port, replaying recorded traces from
-`tests/traces/` (an attended transfer, then 20 concurrent queue calls), connects the same pipeline
-`watch` uses, prints each conversation as it ends, and exits 0 when every trace has been played
-and applied.
+It starts the AMI simulator in-process on a free loopback port, replaying recorded Asterisk 22
+traces shipped inside the package (an attended transfer, then 20 concurrent queue calls; copies of
+`tests/traces/` files, so an installed talkmeter needs no clone), connects the same pipeline
+`watch` uses, prints a line per conversation as it ends and a summary table at the end (`--json`:
+the conversation records only), and exits 0 when every trace has been played and applied.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
+from importlib.resources import as_file, files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from daemon.commands.watch import print_conversation
-from daemon.live import Pipeline, stop_on_signals
+from daemon.live import OnConversation, Pipeline, stop_on_signals
 from daemon.logging import configure_logging
+from daemon.output import Summary, conversation_line, json_line, write_line
 from daemon.settings import ConfigError, load_settings
 from telephony.simulator import AmiSimulator, load_trace
 
 log = structlog.get_logger("daemon.demo")
-TRACES = Path(__file__).resolve().parents[2] / "tests" / "traces"
-DEFAULT_TRACES = (TRACES / "attended_transfer.ami", TRACES / "concurrent_20.ami")
+DEFAULT_TRACES = ("attended_transfer.ami", "concurrent_20.ami")
+
+
+def shipped_trace(name: str) -> Traversable:
+    """A trace shipped with talkmeter (daemon/resources/demo)."""
+    return files("daemon") / "resources" / "demo" / name
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("demo", help="measure recorded calls replayed by the built-in simulator")
+    parser = subparsers.add_parser(
+        "demo",
+        help="see talkmeter measure real recorded calls, no PBX or database needed",
+        description="Replays real Asterisk 22 recordings through talkmeter's own AMI simulator on a "
+        "free loopback port, measures them live exactly as `watch` would on a PBX, and prints each "
+        "conversation and a summary.",
+    )
     parser.add_argument(
         "--trace",
         type=Path,
         action="append",
-        help="trace to replay (repeatable; default: attended_transfer, concurrent_20)",
+        help="a recorded .ami capture to replay (repeatable; default: the two shipped ones, "
+        "attended_transfer and concurrent_20)",
     )
-    parser.add_argument("--speed", type=float, default=20.0, help="replay speed (0 = as fast as possible)")
+    parser.add_argument(
+        "--speed", type=float, default=20.0, help="replay speed (default 20; 0 = as fast as possible)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the conversation records as JSON lines only"
+    )
     parser.add_argument("--log-level", default="warning", help="stderr log level (default warning)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    traces = args.trace or list(DEFAULT_TRACES)
-    for trace in traces:
+    for trace in args.trace or []:
         if not trace.is_file():
             raise ConfigError(f"no such trace: {trace}")
     configure_logging(args.log_level)
-    return asyncio.run(demo(traces, args.speed))
+    summary = Summary()
+
+    async def show(conversation: dict[str, Any]) -> None:
+        if args.json:
+            write_line(json_line(conversation))
+        else:
+            summary.add(conversation)
+            write_line(conversation_line(conversation))
+
+    with contextlib.ExitStack() as stack:
+        traces = args.trace or [stack.enter_context(as_file(shipped_trace(name))) for name in DEFAULT_TRACES]
+        code = asyncio.run(demo(traces, args.speed, show))
+    if not args.json:
+        write_line("\n" + summary.table().rstrip("\n"))
+    return code
 
 
-async def demo(traces: list[Path], speed: float, on_conversation: Any = print_conversation) -> int:
+async def demo(traces: list[Path], speed: float, on_conversation: OnConversation) -> int:
     stop = asyncio.Event()
     with stop_on_signals(stop):
         for trace in traces:
@@ -59,7 +92,9 @@ async def demo(traces: list[Path], speed: float, on_conversation: Any = print_co
     return 0
 
 
-async def play(trace: Path, speed: float, on_conversation: Any, interrupted: asyncio.Event) -> None:
+async def play(
+    trace: Path, speed: float, on_conversation: OnConversation, interrupted: asyncio.Event
+) -> None:
     """Replay one trace through the simulator and the live pipeline until it is fully measured."""
     secret = secrets.token_urlsafe(16)  # a throwaway: the simulator and the pipeline share it in memory
     async with AmiSimulator(load_trace(trace), user="demo", secret=secret, speed=speed) as simulator:
