@@ -3,6 +3,8 @@
 Each bad row is reported with its line number (the physical line in the file, counting the
 header as line 1, so a person can find it in an editor) and the reason. Import is an upsert
 keyed on `client_id` / `contract_id`; a client's numbers become exactly the numbers of its row.
+Rows equal to what the database holds are left alone (not even their `updated_at` moves), and the
+result says how many rows were created, changed and left alone.
 A contract may not move to another client (its ledger rows belong to the first one): such a row
 is an error.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import asyncpg
@@ -49,6 +51,16 @@ class ImportFailed(Exception):
         self.errors = list(errors)
 
 
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    created: int
+    changed: int
+    unchanged: int
+
+    def __str__(self) -> str:
+        return f"{self.created} created, {self.changed} changed, {self.unchanged} left alone (unchanged)"
+
+
 def decode(data: bytes) -> str:
     """The file's text (UTF-8, with or without the BOM spreadsheets add)."""
     try:
@@ -70,16 +82,22 @@ def parse_contracts(text: str) -> list[tuple[int, Contract]]:
     return _parse(text, CONTRACT_COLUMNS, parse_contract_row, "contract_id")
 
 
-async def import_clients(conn: asyncpg.Connection, data: bytes, default_region: str = "RU") -> int:
-    """Upsert the clients of a CSV file in one transaction; return how many rows were imported."""
+async def import_clients(conn: asyncpg.Connection, data: bytes, default_region: str = "RU") -> ImportSummary:
+    """Upsert the clients of a CSV file in one transaction; say what was created and changed."""
     clients = parse_clients(decode(data), default_region)
     async with conn.transaction():
+        stored = await store.stored_clients(conn, [client.client_id for client in clients])
+        created = changed = 0
         for client in clients:
+            before = stored.get(client.client_id)
+            if before is not None and before == replace(client, numbers=tuple(sorted(client.numbers))):
+                continue
             await store.save_client(conn, client)
-    return len(clients)
+            created, changed = (created + 1, changed) if before is None else (created, changed + 1)
+    return ImportSummary(created, changed, len(clients) - created - changed)
 
 
-async def import_contracts(conn: asyncpg.Connection, data: bytes) -> int:
+async def import_contracts(conn: asyncpg.Connection, data: bytes) -> ImportSummary:
     """Upsert the contracts of a CSV file in one transaction, after checking them against the
     database (known clients, no contract moving to another client)."""
     items = parse_contracts(decode(data))
@@ -87,9 +105,15 @@ async def import_contracts(conn: asyncpg.Connection, data: bytes) -> int:
         errors = await _check_against_database(conn, items)
         if errors:
             raise ImportFailed(errors)
+        stored = await store.stored_contracts(conn, [contract.contract_id for _, contract in items])
+        created = changed = 0
         for _, contract in items:
+            before = stored.get(contract.contract_id)
+            if before == contract:
+                continue
             await store.save_contract(conn, contract)
-    return len(items)
+            created, changed = (created + 1, changed) if before is None else (created, changed + 1)
+    return ImportSummary(created, changed, len(items) - created - changed)
 
 
 async def _check_against_database(

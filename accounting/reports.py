@@ -77,10 +77,14 @@ def format_table(lines: Sequence[StatementLine]) -> str:
         )
         for line in lines
     ]
-    widths = [max(len(row[i]) for row in (_TABLE_HEADER, *body)) for i in range(len(_TABLE_HEADER))]
-    text_columns = {0, 1}
+    return fixed_width(_TABLE_HEADER, body, text_columns={0, 1})
+
+
+def fixed_width(header: Sequence[str], body: Sequence[Sequence[str]], text_columns: set[int]) -> str:
+    """Columns padded to their widest cell: text columns to the left, figures to the right."""
+    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
     rendered = []
-    for row in (_TABLE_HEADER, *body):
+    for row in (header, *body):
         cells = [
             cell.ljust(w) if i in text_columns else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))

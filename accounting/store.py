@@ -80,28 +80,43 @@ async def load_client(conn: asyncpg.Connection, client_id: str) -> Client | None
 
 
 async def load_contracts(conn: asyncpg.Connection, client_id: str) -> list[Contract]:
-    rows = await conn.fetch(QUERIES["client_contracts"], client_id)
-    return [
-        Contract(
-            contract_id=row["contract_id"],
-            client_id=row["client_id"],
-            valid_from=row["valid_from"],
-            valid_to=row["valid_to"],
-            free_daily_minutes=row["free_daily_minutes"],
-            free_days_per_week=row["free_days_per_week"],
-            prepaid_minutes=row["prepaid_minutes"],
-            rate_per_minute=row["rate_per_minute"],
-            currency=row["currency"],
-            billing_increment_seconds=row["billing_increment_seconds"],
-            minimum_billable_seconds=row["minimum_billable_seconds"],
-            short_call_seconds=row["short_call_seconds"],
-            overage=row["overage"],
-            hold_billable=row["hold_billable"],
-            lines=frozenset(row["lines"]),
-            alert_thresholds=tuple(row["alert_thresholds"]),
-        )
+    return [contract_from_row(row) for row in await conn.fetch(QUERIES["client_contracts"], client_id)]
+
+
+async def stored_contracts(conn: asyncpg.Connection, contract_ids: list[str]) -> dict[str, Contract]:
+    """The contracts with these ids as the database has them (to tell a changed row from a new one)."""
+    rows = await conn.fetch(QUERIES["contracts_by_id"], contract_ids)
+    return {row["contract_id"]: contract_from_row(row) for row in rows}
+
+
+async def stored_clients(conn: asyncpg.Connection, client_ids: list[str]) -> dict[str, Client]:
+    """The clients with these ids as the database has them, numbers sorted."""
+    rows = await conn.fetch(QUERIES["clients_by_id"], client_ids)
+    return {
+        row["client_id"]: Client(row["client_id"], row["name"], row["timezone"], tuple(row["numbers"]))
         for row in rows
-    ]
+    }
+
+
+def contract_from_row(row: asyncpg.Record) -> Contract:
+    return Contract(
+        contract_id=row["contract_id"],
+        client_id=row["client_id"],
+        valid_from=row["valid_from"],
+        valid_to=row["valid_to"],
+        free_daily_minutes=row["free_daily_minutes"],
+        free_days_per_week=row["free_days_per_week"],
+        prepaid_minutes=row["prepaid_minutes"],
+        rate_per_minute=row["rate_per_minute"],
+        currency=row["currency"],
+        billing_increment_seconds=row["billing_increment_seconds"],
+        minimum_billable_seconds=row["minimum_billable_seconds"],
+        short_call_seconds=row["short_call_seconds"],
+        overage=row["overage"],
+        hold_billable=row["hold_billable"],
+        lines=frozenset(row["lines"]),
+        alert_thresholds=tuple(row["alert_thresholds"]),
+    )
 
 
 def window(contracts: list[Contract]) -> tuple[datetime | None, datetime | None]:

@@ -235,6 +235,21 @@ SELECT client_id FROM talkmeter.clients WHERE client_id = ANY($1::text[]);
 -- name: contract_owners
 SELECT contract_id, client_id FROM talkmeter.contracts WHERE contract_id = ANY($1::text[]);
 
+-- name: contracts_by_id
+SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_days_per_week,
+       prepaid_minutes, rate_per_minute, currency, billing_increment_seconds,
+       minimum_billable_seconds, short_call_seconds, overage, hold_billable, lines, alert_thresholds
+  FROM talkmeter.contracts
+ WHERE contract_id = ANY($1::text[]);
+
+-- name: clients_by_id
+SELECT c.client_id, c.name, c.timezone,
+       coalesce(array_agg(n.number ORDER BY n.number) FILTER (WHERE n.number IS NOT NULL), '{}') AS numbers
+  FROM talkmeter.clients c
+  LEFT JOIN talkmeter.client_numbers n USING (client_id)
+ WHERE c.client_id = ANY($1::text[])
+ GROUP BY c.client_id;
+
 -- name: upsert_client
 INSERT INTO talkmeter.clients (client_id, name, timezone) VALUES ($1, $2, $3)
 ON CONFLICT (client_id) DO UPDATE

@@ -100,10 +100,12 @@ def run_import(args: argparse.Namespace) -> int:
     async def job(pool: asyncpg.Pool) -> int:
         async with pool.acquire() as conn:
             if args.kind == "clients":
-                count = await import_clients(conn, data, region)
+                summary = await import_clients(conn, data, region)
             else:
-                count = await import_contracts(conn, data)
-        print(f"imported {count} {args.kind} from {args.file}; `talkmeter rerate` applies them to the ledger")
+                summary = await import_contracts(conn, data)
+        print(f"{args.kind} from {args.file}: {summary}")
+        if summary.created or summary.changed:
+            print("run `talkmeter rerate` to apply the changes to the ledger")
         return 0
 
     return _run(args, job)

@@ -173,3 +173,30 @@ def test_the_documented_queries_run_as_an_accountant(
     invoices, detail, disagreements, flagged, capped, unmatched, lines = asyncio.run(run_all())
     assert len(invoices) == 1 and len(detail) == 1 and disagreements == []
     assert len(flagged) == 1 and len(capped) == 1 and len(unmatched) == 1 and len(lines) == 1
+
+
+def test_import_says_what_it_created_changed_and_left_alone(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "migrate")
+    clients, contracts = tmp_path / "clients.csv", tmp_path / "contracts.csv"
+    clients.write_text(CLIENTS + "C2,Vasilek,,84951230000\n")
+    contracts.write_text(CONTRACTS)
+    assert run(capsys, "import", "clients", str(clients))[1] == (
+        f"clients from {clients}: 2 created, 0 changed, 0 left alone (unchanged)\n"
+        "run `talkmeter rerate` to apply the changes to the ledger\n"
+    )
+    assert run(capsys, "import", "contracts", str(contracts))[1].startswith(
+        f"contracts from {contracts}: 1 created, 0 changed, 0 left alone"
+    )
+    before = asyncio.run(query(database, "SELECT client_id, updated_at FROM talkmeter.clients ORDER BY 1"))
+    # The same numbers written differently, and one client renamed.
+    clients.write_text(CLIENTS.replace("84951234567", "+7 495 123-45-67") + "C2,Vasilek JSC,,84951230000\n")
+    assert run(capsys, "import", "clients", str(clients))[1].startswith(
+        f"clients from {clients}: 0 created, 1 changed, 1 left alone (unchanged)\n"
+    )
+    after = asyncio.run(query(database, "SELECT client_id, updated_at FROM talkmeter.clients ORDER BY 1"))
+    assert after[0] == before[0] and after[1]["updated_at"] > before[1]["updated_at"]
+    assert run(capsys, "import", "contracts", str(contracts))[1] == (
+        f"contracts from {contracts}: 0 created, 0 changed, 1 left alone (unchanged)\n"
+    )

@@ -11,6 +11,7 @@ import pytest
 from accounting.contracts import Contract
 from accounting.importer import (
     ImportFailed,
+    ImportSummary,
     decode,
     import_clients,
     import_contracts,
@@ -153,13 +154,13 @@ def test_header_problems(text: str, reason: str) -> None:
 
 @pytest.mark.db
 async def test_import_writes_all_rows_or_none(conn: asyncpg.Connection) -> None:
-    assert await import_clients(conn, CLIENTS.encode()) == 3
+    assert await import_clients(conn, CLIENTS.encode()) == ImportSummary(3, 0, 0)
     bad = CONTRACTS + "K3,C9,2026-11-01,,,,,,,,,,,,,\n"
     with pytest.raises(ImportFailed) as failure:
         await import_contracts(conn, bad.encode())
     assert errors_of(failure) == ["line 4: client 'C9' does not exist: import clients first"]
     assert await conn.fetchval("SELECT count(*) FROM talkmeter.contracts") == 0
-    assert await import_contracts(conn, CONTRACTS.encode()) == 2
+    assert await import_contracts(conn, CONTRACTS.encode()) == ImportSummary(2, 0, 0)
     moved = CONTRACT_HEADER + "K1,C2,2026-11-01,,,,,,,,,,,,,\n"
     with pytest.raises(ImportFailed) as failure:
         await import_contracts(conn, moved.encode())

@@ -161,12 +161,15 @@ async def test_replay_without_dry_run_records_and_is_idempotent(
 ) -> None:
     monkeypatch.setenv("TALKMETER_DATABASE_URL", db_dsn)
     capture = str(TRACES / "caller_id_formats.ami")
+    assert await asyncio.to_thread(main, ["replay", capture, "--json"]) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert await asyncio.to_thread(main, ["replay", capture]) == 0
-    first = capsys.readouterr().out.splitlines()
-    assert await asyncio.to_thread(main, ["replay", capture]) == 0
-    second = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[1] for line in first] == ["unknown"] * 4 + ["withheld", "unknown"]
-    assert [line.split("\t")[1] for line in second] == ["duplicate"] * 6
+    second = capsys.readouterr().out
+    assert [outcome["status"] for outcome in first] == ["unknown"] * 4 + ["withheld", "unknown"]
+    assert [line.split("\t")[1] for line in second.splitlines()[:6]] == ["duplicate"] * 6
+    # For people: the totals of what was measured, and what became of it.
+    assert "\nall                         6         6  0:00:18" in second
+    assert second.endswith("\nrecorded: 6 duplicate\n")
     assert len(await rows(db_dsn)) == 6
 
 
