@@ -10,7 +10,8 @@ Figures (all counted over every event in the stream, noise included):
 1. panoramisk 1.4's own parser (`AMIProtocol.data_received`, dispatching every event), the baseline;
 2. `FrameReader` with the call model's event filter (framing only);
 3. `FrameReader` + `CallTracker.feed`: the in-process pipeline the issue holds to >= 100,000 events/s;
-4. end to end over loopback TCP: the simulator (same process) -> AmiLink -> consumer -> CallTracker.
+4. end to end over loopback TCP: the simulator (same process) -> AmiLink -> consumer -> CallTracker,
+   without and with the service's metrics (daemon.metrics) reporting.
 
 Peak memory of (3) is measured separately with tracemalloc (which slows Python down while on).
 """
@@ -35,6 +36,7 @@ import structlog  # noqa: E402
 from panoramisk.ami_protocol import AMIProtocol  # noqa: E402
 
 from daemon.live import Pipeline  # noqa: E402
+from daemon.metrics import Metrics  # noqa: E402
 from daemon.settings import load_settings  # noqa: E402
 from telephony.ami import LIST_EVENTS  # noqa: E402
 from telephony.calls import WANTED_EVENTS, CallTracker  # noqa: E402
@@ -113,7 +115,7 @@ def framing_and_model(pieces: list[bytes]) -> int:
     return ended
 
 
-async def over_tcp(stream: bytes) -> tuple[float, int]:
+async def over_tcp(stream: bytes, metrics: Metrics | None = None) -> tuple[float, int]:
     trace = parse_trace(stream)
     ended = 0
 
@@ -123,7 +125,7 @@ async def over_tcp(stream: bytes) -> tuple[float, int]:
 
     async with AmiSimulator(trace, secret="bench", speed=0) as simulator:
         settings = load_settings(None, ami_port=simulator.port, ami_secret="bench", ami_user="talkmeter")
-        pipeline = Pipeline(settings, count)
+        pipeline = Pipeline(settings, count, metrics=metrics)
         stop = asyncio.Event()
         task = asyncio.create_task(pipeline.run(stop))
         started = time.perf_counter()
@@ -160,9 +162,11 @@ def main() -> None:
     tracemalloc.stop()
     print(f"{'peak memory, FrameReader + CallTracker':<42} {peak / 1e6:>12.1f} MB (tracemalloc)")
     if not args.no_tcp:
-        elapsed, ended = asyncio.run(over_tcp(stream))
-        print(f"{'end to end over TCP (simulator in-process)':<42} {events / elapsed:>12,.0f} events/s  "
-              f"({elapsed:.3f} s, {ended} conversations)")  # fmt: skip
+        for label, metrics in (("end to end over TCP (simulator in-process)", None),
+                               ("  the same, metrics on", Metrics())):  # fmt: skip
+            elapsed, ended = asyncio.run(over_tcp(stream, metrics))
+            print(f"{label:<42} {events / elapsed:>12,.0f} events/s  "
+                  f"({elapsed:.3f} s, {ended} conversations)")  # fmt: skip
 
 
 if __name__ == "__main__":

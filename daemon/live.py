@@ -31,8 +31,19 @@ from typing import Any
 
 import structlog
 
+from daemon.metrics import Metrics
 from daemon.settings import Settings
-from telephony.ami import AmiLink, Item, LinkConfig, Received, Resync, SessionLost, SessionStarted, Sleep
+from telephony.ami import (
+    AmiLink,
+    Item,
+    LinkConfig,
+    LinkObserver,
+    Received,
+    Resync,
+    SessionLost,
+    SessionStarted,
+    Sleep,
+)
 from telephony.calls import WANTED_EVENTS, CallTracker, Snapshot
 from telephony.effects import Anomaly, ConversationEnded, Effect
 
@@ -57,10 +68,20 @@ class Pipeline:
         on_stop: OnStop | None = None,
         sleep: Sleep = asyncio.sleep,
         grace: float = 5.0,
+        metrics: Metrics | None = None,
+        observer: LinkObserver | None = None,
     ) -> None:
         """`tracker`: a restored one (default: a fresh one from `settings`). `on_stop(tracker, now)`:
-        called at a graceful stop instead of closing open conversations (to checkpoint them)."""
-        self.link = AmiLink(LinkConfig.from_settings(settings), wanted=WANTED_EVENTS, sleep=sleep)
+        called at a graceful stop instead of closing open conversations (to checkpoint them).
+        `metrics`: where the link and the call model report (the link through `observer`, by
+        default the metrics' own)."""
+        if observer is None and metrics is not None:
+            observer = metrics.link_observer()
+        config = LinkConfig.from_settings(settings)
+        self.link = AmiLink(config, wanted=WANTED_EVENTS, sleep=sleep, observer=observer)
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.count_dropped(self.link.dropped_events)
         self.tracker = tracker or settings.call_tracker()
         self.on_stop = on_stop
         self.on_conversation = on_conversation
@@ -129,6 +150,8 @@ class Pipeline:
                 if time.monotonic() - last_tick >= TICK_SECONDS:
                     last_tick = time.monotonic()
                     effects += self.tracker.tick(self._tick_time())
+                    if self.metrics is not None:
+                        self.metrics.conversations_in_progress(len(self.tracker.open_conversations))
                 await self._handle_all(effects)
             finally:
                 if item is not None:

@@ -19,6 +19,11 @@ bounded time to commit, and leaves whatever is not committed in the spool.
 At start the service checks the database schema and refuses to run, saying why, if it is not the
 one this talkmeter expects. A database that is merely down does not stop it: it follows calls
 anyway (conversations wait in the spool) and checks the schema on the first connection.
+
+Every part reports to one `daemon.metrics.Metrics`; with `metrics_port` set, `/metrics` and
+`/healthz` are served (healthy: the AMI link is up and the writer is not stalled). A task's death
+is counted in `<spool_dir>/<pbx>/task_deaths.json`, so `talkmeter_task_restarts_total` still shows
+it after the restart it causes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,10 @@ from accounting.ledger import RetryableStorageError, record_conversation
 from accounting.migrate import SchemaError, check_schema
 from daemon import systemd
 from daemon.live import OnEffect, Pipeline, stop_on_signals
-from daemon.settings import Settings
+from daemon.metrics import STALL_SECONDS, HealthState, Metrics
+from daemon.settings import ConfigError, Settings
 from daemon.writer import ConversationWriter, FatalStorageError, Spool
+from telephony.ami import AmiLink
 from telephony.calls import CallTracker
 
 log = structlog.get_logger("daemon.service")
@@ -126,22 +134,47 @@ class Checkpoints:
         temporary.replace(self.path)
 
 
+class TaskDeaths:
+    """How many times each supervised task has died, kept across the restarts its deaths cause."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "task_deaths.json"
+
+    def load(self) -> dict[str, int]:
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): v for k, v in saved.items() if isinstance(v, int)} if isinstance(saved, dict) else {}
+
+    def record(self, task: str) -> None:
+        counts = self.load()
+        counts[task] = counts.get(task, 0) + 1
+        with contextlib.suppress(OSError):  # the death itself may be a full disk: never hide it
+            self.path.write_text(json.dumps(counts), encoding="utf-8")
+
+
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     database: Database | None = None,
     on_effect: OnEffect | None = None,
     stop_grace: float = STOP_GRACE_SECONDS,
+    metrics: Metrics | None = None,
 ) -> None:
     """Run the service until `stop` is set or a task fails (its error is raised).
 
     `on_effect` sees every live effect of the call model (the hook for live alerts, and for tests).
     """
+    metrics = metrics or Metrics.with_process_metrics()
     database = database or Database(settings.dsn())
     await database.check_at_start()
     spool_dir = settings.spool_dir / settings.pbx
-    writer = ConversationWriter(database.record, Spool(spool_dir), is_transient)
+    writer = ConversationWriter(database.record, Spool(spool_dir), is_transient, metrics=metrics)
     checkpoints = Checkpoints(spool_dir)
+    deaths = TaskDeaths(spool_dir)
+    for name, times in deaths.load().items():
+        metrics.task_restarted(name, times)
     tracker = settings.call_tracker()
     tracker.restore(checkpoints.load())
     writer.resume()
@@ -150,8 +183,17 @@ async def serve(
         checkpoints.save(tracker.checkpoint(now))
 
     pipeline = Pipeline(
-        settings, writer.submit, tracker=tracker, on_stop=checkpoint_at_stop, on_effect=on_effect
+        settings,
+        writer.submit,
+        tracker=tracker,
+        on_stop=checkpoint_at_stop,
+        on_effect=on_effect,
+        metrics=metrics,
     )
+    metrics.writer_stalled.set_function(writer.stalled_for)
+    metrics.healthy.set_function(lambda: float(health(pipeline.link, writer).healthy))
+    if settings.metrics_port is not None:
+        _serve_metrics(settings, metrics, lambda: health(pipeline.link, writer))
     tasks = [
         asyncio.create_task(pipeline.run(stop), name="pipeline"),
         asyncio.create_task(writer.run(), name="writer"),
@@ -163,23 +205,51 @@ async def serve(
     systemd.notify("READY=1")
     log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
     try:
-        await _supervise(tasks, writer, stop_grace)
+        await _supervise(tasks, writer, stop_grace, deaths)
     finally:
         systemd.notify("STOPPING=1")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await database.close()
+        if metrics.server is not None:
+            metrics.server.close()
         log.info("service.stopped", written=writer.written, left_in_spool=writer.backlog)
 
 
-async def _supervise(tasks: list[asyncio.Task[None]], writer: ConversationWriter, grace: float) -> None:
+def health(link: AmiLink, writer: ConversationWriter) -> HealthState:
+    """Healthy while the AMI link is up and the writer is not stalled."""
+    if not link.connected:
+        return HealthState(False, "AMI link down")
+    stalled = writer.stalled_for()
+    if stalled >= STALL_SECONDS:
+        return HealthState(
+            False, f"writer stalled for {stalled:.0f} s, {writer.backlog} conversation(s) waiting"
+        )
+    return HealthState(True, "ok")
+
+
+def _serve_metrics(settings: Settings, metrics: Metrics, check: Callable[[], HealthState]) -> None:
+    host, port = settings.metrics_host, settings.metrics_port or 0
+    try:
+        server = metrics.serve(host, port, check)
+    except OSError as error:
+        raise ConfigError(
+            f"metrics_port: cannot listen on {host}:{port} ({error.strerror}): choose a free port or address"
+        ) from None
+    log.info("metrics.listening", host=host, port=server.port, paths=["/metrics", "/healthz"])
+
+
+async def _supervise(
+    tasks: list[asyncio.Task[None]], writer: ConversationWriter, grace: float, deaths: TaskDeaths
+) -> None:
     pipeline = tasks[0]
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     failed = [task for task in done if task is not pipeline or task.exception() is not None]
     if failed:
         error = failed[0].exception()
         log.error("service.task_died", task=failed[0].get_name(), error=repr(error))
+        deaths.record(failed[0].get_name())
         raise error or RuntimeError(f"task {failed[0].get_name()} ended on its own")
     # The pipeline finished because `stop` was set: give the writer a bounded time to commit.
     if not await writer.drain(grace):

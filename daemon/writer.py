@@ -14,6 +14,9 @@ error that can pass (connection refused or lost, serialization failure, too many
 retried with capped exponential backoff, in order, forever; an error that cannot pass (bad data)
 moves that one conversation to `rejected.jsonl` beside the spool, with the reason, for a person to
 look at, and the queue goes on. Nothing is dropped silently.
+
+The writer is stalled when it has had work for a while without finishing any (`stalled_for`):
+PostgreSQL down or hanging. `/healthz` and the metrics report it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from daemon.metrics import Metrics
 from telephony.ami import Backoff, Sleep
 
 log = structlog.get_logger("daemon.writer")
@@ -97,20 +102,29 @@ class ConversationWriter:
         *,
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
+        metrics: Metrics | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._record = record
         self._spool = spool
         self._is_transient = is_transient
         self._backoff = backoff or Backoff(0.5, 30.0)
         self._sleep = sleep
+        self._metrics = metrics or Metrics()
+        self._monotonic = monotonic
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._unwritten: set[str] = set()
+        self._progress_at = monotonic()  # the last write finished, or work arrived at an idle writer
         self.written = 0
         self.rejected = 0
 
     @property
     def backlog(self) -> int:
         return len(self._unwritten)
+
+    def stalled_for(self) -> float:
+        """Seconds the writer has had work without finishing any; 0 when it has none."""
+        return self._monotonic() - self._progress_at if self._unwritten else 0.0
 
     def resume(self) -> int:
         """Queue what an earlier run left in the spool; returns how many."""
@@ -124,10 +138,14 @@ class ConversationWriter:
     async def submit(self, conversation: dict[str, Any]) -> None:
         self._spool.append(conversation)
         self._enqueue(conversation)
+        self._metrics.conversation_spooled(self.backlog)
 
     def _enqueue(self, conversation: dict[str, Any]) -> None:
+        if not self._unwritten:
+            self._progress_at = self._monotonic()
         self._unwritten.add(conversation["conversation_id"])
         self._queue.put_nowait(conversation)
+        self._metrics.spool_backlog(self.backlog)
 
     async def run(self) -> None:
         """Write queued conversations in order, forever (cancel to stop)."""
@@ -151,6 +169,7 @@ class ConversationWriter:
     async def _write(self, conversation: dict[str, Any]) -> None:
         conversation_id = conversation["conversation_id"]
         while True:
+            started = self._monotonic()
             try:
                 await self._record(conversation)
             except FatalStorageError:
@@ -164,8 +183,15 @@ class ConversationWriter:
                 log.error("writer.rejected", conversation_id=conversation_id, error=repr(error))
                 self._spool.reject(conversation, repr(error))
                 self.rejected += 1
+                self._finished(conversation_id)
+                self._metrics.conversation_rejected(self.backlog)
             else:
                 self.written += 1  # accounting logs the canonical `conversation.recorded` line
+                self._finished(conversation_id)
+                self._metrics.conversation_recorded(self._monotonic() - started, self.backlog)
             self._backoff.reset()
-            self._unwritten.discard(conversation_id)
             return
+
+    def _finished(self, conversation_id: str) -> None:
+        self._unwritten.discard(conversation_id)
+        self._progress_at = self._monotonic()

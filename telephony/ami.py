@@ -18,7 +18,7 @@ callback, the login result (`SessionStarted`) and the completion of the resync l
 A coroutine resumed by a future would run after the rest of the TCP chunk had been queued.
 
 panoramisk 1.4 is used for its protocol class (`AMIProtocol`, transport handling) and replaced
-where its known defects bite (see ../shared/DOMAIN.md); each override says which:
+where its known defects bite; each override says which:
 
 1. it decodes each TCP chunk separately, ignoring errors, so a multibyte character split across two
    reads vanishes: `data_received` frames on bytes with `telephony.framing.FrameReader` and decodes
@@ -38,6 +38,11 @@ panoramisk's `Manager` (reconnect, ping, login, dispatch) is therefore not used 
 Reconnects use capped exponential backoff with jitter (`Backoff`); the wait itself goes through an
 injectable `sleep`, the testing switch that removes the waits. The secret is never logged: only the
 user name is.
+
+What happens to the link is also reported to a `LinkObserver` (metrics, `watch`'s first-contact
+hint): failed attempts by stage, sessions started and ended, each event read with its lag, restarts
+of the keepalive. Its methods run synchronously on the loop and must not block. Events dropped by
+the framer are only counted, by name, in `dropped_events` (the hot path stays a dict increment).
 """
 
 from __future__ import annotations
@@ -130,6 +135,30 @@ class NotConnected(AmiError):
 
 
 # --- small parts -----------------------------------------------------------------------------------
+
+
+class LinkObserver:
+    """What the link reports as it goes; every method does nothing here (override what you need).
+
+    `attempt_failed` stages: `connect` (TCP), `not_ami` (connected, but no AMI banner and no answer
+    to the login: another service on that port), `login` (the PBX refused user or secret),
+    `handshake` (the login got no complete answer).
+    """
+
+    def attempt_failed(self, stage: str, reason: str) -> None:
+        """An attempt to get a session failed at `stage`; the link will try again."""
+
+    def session_started(self) -> None:
+        """Logged in."""
+
+    def session_ended(self, reason: str) -> None:
+        """A logged-in session ended."""
+
+    def event_received(self, name: str, lag: float | None) -> None:
+        """An event was read; `lag` is the local time minus its Timestamp (None without one)."""
+
+    def task_restarted(self, task: str) -> None:
+        """A helper task of the link died and was started afresh."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +300,7 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
     def __init__(self, link: AmiLink) -> None:
         super().__init__()
         self._link = link
-        self._frames = FrameReader(link.wanted)
+        self._frames = FrameReader(link.wanted, link.dropped_events)
         self.pending: dict[str, _Pending] = {}
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.lost_reason = "closed by the PBX"
@@ -358,8 +387,12 @@ class AmiLink:
         sleep: Sleep = asyncio.sleep,
         clock: EventClock | None = None,
         rng: Callable[[], float] = random.random,
+        observer: LinkObserver | None = None,
     ) -> None:
         self.config = config
+        self.observer = observer or LinkObserver()
+        #: events dropped undecoded, by name, over every session
+        self.dropped_events: dict[bytes, int] = {}
         self.wanted = None if wanted is None else frozenset(wanted) | LIST_EVENTS | SESSION_EVENTS
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.clock = clock or EventClock()
@@ -425,6 +458,7 @@ class AmiLink:
         except (OSError, TimeoutError) as error:
             reason = str(error) or "timeout"
             log.warning("ami.connect_failed", host=config.host, port=config.port, error=reason)
+            self.observer.attempt_failed("connect", reason)
             return self._backoff.next()
         self._protocol = protocol
         try:
@@ -433,10 +467,13 @@ class AmiLink:
             log.error("ami.login_failed", user=config.user, reason=str(error), retry_in=config.auth_retry,
                       hint="check ami_user / the AMI secret and the manager.conf permit line")  # fmt: skip
             protocol.abort("login refused")
+            self.observer.attempt_failed("login", str(error))
             return config.auth_retry
         except AmiError as error:
-            log.warning("ami.login_incomplete", user=config.user, error=str(error) or type(error).__name__)
+            reason = str(error) or type(error).__name__
+            log.warning("ami.login_incomplete", user=config.user, error=reason)
             protocol.abort("login incomplete")
+            self.observer.attempt_failed("handshake" if protocol.version is not None else "not_ami", reason)
             return self._backoff.next()
         return await self._serve(protocol)
 
@@ -453,6 +490,7 @@ class AmiLink:
                 self._logged_in = True
                 self.sessions += 1
                 self._enqueue(SessionStarted(self.clock.now(), protocol.version))
+                self.observer.session_started()
 
         config = self.config
         login = {"Action": "Login", "Username": config.user, "Secret": config.secret, "Events": "on"}
@@ -477,6 +515,7 @@ class AmiLink:
             if keepalive.done() and not keepalive.cancelled() and keepalive.exception() is not None:
                 log.error("ami.keepalive_failed", error=repr(keepalive.exception()))
                 protocol.abort("keepalive failed")
+                self.observer.task_restarted("ami-keepalive")
             if self._stopping.is_set() and not protocol.closed:
                 await self._logoff(protocol)
         finally:
@@ -597,6 +636,7 @@ class AmiLink:
             self.clock.observe(stamp)
         now = self._last_alive = self.clock.now()
         self._enqueue(Received(message, now))
+        self.observer.event_received(message.event or "", None if stamp is None else time.time() - stamp)
 
     def _on_malformed(self, frame: Malformed) -> None:
         self.malformed += 1
@@ -609,6 +649,7 @@ class AmiLink:
             self._lost_at = self._last_alive
             reason = protocol.lost_reason
             self._enqueue(SessionLost(self.clock.now(), reason))
+            self.observer.session_ended(reason)
             level = log.info if self._stopping.is_set() else log.warning
             level("ami.session_lost", reason=reason, queue_depth=self.queue_depth)
 

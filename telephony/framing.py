@@ -99,15 +99,22 @@ class FrameReader:
     """Incremental AMI framer: feed it bytes as they arrive, get whole messages back.
 
     `wanted` is the set of event names to keep; other events are dropped undecoded. Responses and
-    banners are always kept. `None` keeps everything.
+    banners are always kept. `None` keeps everything. Dropped events are counted by name in
+    `dropped_by_name` (pass a dict to share the counts across readers, e.g. across sessions).
     """
 
-    def __init__(self, wanted: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, wanted: Iterable[str] | None = None, dropped_by_name: dict[bytes, int] | None = None
+    ) -> None:
         self._buffer = b""
         self._wanted: frozenset[bytes] | None = (
             None if wanted is None else frozenset(name.encode() for name in wanted)
         )
-        self.dropped = 0
+        self.dropped_by_name = {} if dropped_by_name is None else dropped_by_name
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_name.values())
 
     def feed(self, data: bytes) -> list[Message | Malformed]:
         buffer = self._buffer + data if self._buffer else data
@@ -117,7 +124,7 @@ class FrameReader:
         if len(self._buffer) > MAX_FRAME_BYTES:
             out.append(Malformed(self._buffer[:200], "frame too long without terminator"))
             self._buffer = b""
-        wanted = self._wanted
+        wanted, dropped = self._wanted, self.dropped_by_name
         for raw in frames:
             frame = raw.lstrip(b"\r\n")
             if not frame:
@@ -126,7 +133,7 @@ class FrameReader:
                 end = frame.find(b"\r", 7)
                 name = frame[7:end] if end != -1 else frame[7:]
                 if name not in wanted:
-                    self.dropped += 1
+                    dropped[name] = dropped.get(name, 0) + 1
                     continue
             out.append(parse_frame(frame))
         return out

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "accounting/migrations": ROOT / "migrations",
     "daemon/resources/demo": ROOT / "tests" / "traces",
-    "daemon/resources": ROOT / "systemd",
+}
+RESOURCES = {
+    "talkmeter@.service": ROOT / "systemd" / "talkmeter@.service",
+    "grafana-dashboard.json": ROOT / "monitoring" / "grafana-dashboard.json",
 }
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
@@ -35,8 +38,9 @@ def test_the_packages_reach_the_files_developers_edit() -> None:
     demo = shipped_files("daemon", "resources/demo")
     assert demo == {name: (ROOT / "tests" / "traces" / name).read_bytes() for name in demo}
     assert set(demo) == {"attended_transfer.ami", "concurrent_20.ami"}
-    unit = shipped_files("daemon", "resources")["talkmeter@.service"]
-    assert unit == (ROOT / "systemd" / "talkmeter@.service").read_bytes()
+    assert shipped_files("daemon", "resources") == {
+        name: path.read_bytes() for name, path in RESOURCES.items()
+    }
 
 
 @pytest.mark.slow
@@ -61,6 +65,8 @@ def test_the_wheel_carries_everything_an_installed_talkmeter_needs(tmp_path: Pat
             assert carried, inside
             for name in carried:
                 assert archive.read(f"{inside}/{name}") == (outside / name).read_bytes(), name
+        for name, path in RESOURCES.items():
+            assert archive.read(f"daemon/resources/{name}") == path.read_bytes(), name
         assert {n.rpartition("/")[2] for n in names if n.startswith("accounting/migrations/")} == {
             p.name for p in (ROOT / "migrations").glob("*.sql")
         }
