@@ -14,21 +14,47 @@ import os
 import sys
 from collections.abc import Sequence
 
+from daemon.metrics import talkmeter_version
 from daemon.settings import ConfigError
 
+# In the order a new user meets them (the order of `talkmeter --help`).
 COMMAND_MODULES = (
-    "daemon.commands.replay",
-    "daemon.commands.simulate",
-    "daemon.commands.watch",
     "daemon.commands.demo",
-    "daemon.commands.accounting",
-    "daemon.commands.run",
+    "daemon.commands.watch",
+    "daemon.commands.simulate",
+    "daemon.commands.replay",
     "daemon.commands.check_config",
+    "daemon.commands.run",
+    "daemon.commands.accounting",
 )
+
+DESCRIPTION = """\
+talkmeter measures the real talk time between your clients and your consultants on an Asterisk
+PBX (not ringing, queues or IVR; hold apart; across transfers) and bills it against each client's
+support contract in PostgreSQL, where accountants read it with plain SQL."""
+
+EPILOG = """\
+start here:
+  talkmeter demo                       watch it measure recorded real calls (no PBX, no database)
+  talkmeter watch --host PBX           measure your own PBX's calls live (TALKMETER_AMI_SECRET)
+set up the service:
+  talkmeter migrate                    create the schema in TALKMETER_DATABASE_URL
+  talkmeter import clients FILE.csv    clients and their numbers (then: import contracts FILE.csv)
+  talkmeter check-config --config F    check the settings without connecting to anything
+  talkmeter run --config F             the service (systemd: talkmeter@.service)
+
+Settings come from TALKMETER_* environment variables and a TOML file (--config); secrets only
+from the environment or a file. `talkmeter COMMAND --help` tells more; the README tells all."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talkmeter", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="talkmeter",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"talkmeter {talkmeter_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

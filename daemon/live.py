@@ -208,12 +208,16 @@ async def follow(
     on_effect: OnEffect | None = None,
     tracker: CallTracker | None = None,
     on_stop: OnStop | None = None,
+    observer: LinkObserver | None = None,
 ) -> None:
     """Follow the PBX of `settings` until `stop` is set; `on_conversation(json)` for each one that ends.
 
-    See `Pipeline` for `tracker` (restored state) and `on_stop` (checkpoint instead of closing).
+    See `Pipeline` for `tracker` (restored state), `on_stop` (checkpoint instead of closing) and
+    `observer` (what the AMI link reports).
     """
-    pipeline = Pipeline(settings, on_conversation, on_effect=on_effect, tracker=tracker, on_stop=on_stop)
+    pipeline = Pipeline(
+        settings, on_conversation, on_effect=on_effect, tracker=tracker, on_stop=on_stop, observer=observer
+    )
     await pipeline.run(stop)
 
 

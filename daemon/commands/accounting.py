@@ -32,24 +32,31 @@ def register(subparsers: Any) -> None:
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration file (the database: TALKMETER_DATABASE_URL)",
+    )
     return parser
 
 
 def _register_migrate(subparsers: Any) -> None:
-    parser = _with_config(subparsers.add_parser("migrate", help="apply pending database migrations"))
+    parser = _with_config(
+        subparsers.add_parser("migrate", help="create or update the database schema (as its owner)")
+    )
     parser.set_defaults(func=run_migrate)
 
 
 def _register_import(subparsers: Any) -> None:
-    parser = _with_config(subparsers.add_parser("import", help="import clients or contracts from CSV"))
+    parser = _with_config(subparsers.add_parser("import", help="import clients or contracts from a CSV file"))
     parser.add_argument("kind", choices=("clients", "contracts"))
     parser.add_argument("file", type=Path, help="CSV file (UTF-8, comma-separated, with a header)")
     parser.set_defaults(func=run_import)
 
 
 def _register_report(subparsers: Any) -> None:
-    parser = _with_config(subparsers.add_parser("report", help="print accounting reports"))
+    parser = _with_config(subparsers.add_parser("report", help="print the monthly statement"))
     parser.add_argument("report", choices=("monthly",))
     parser.add_argument("--month", required=True, help="the month, e.g. 2026-11")
     parser.add_argument("--client", help="only this client_id")

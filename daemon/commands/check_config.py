@@ -20,10 +20,12 @@ from daemon.settings import MASK, SECRET_SETTINGS, ConfigError, Loaded, load_wit
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "check-config",
-        help="print the effective settings and where each came from; check them without connecting",
+        help="show the settings run would use and where each came from; check them offline",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
-    parser.add_argument("--config", type=Path, help="TOML configuration file (default: TALKMETER_CONFIG)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML configuration file (default: TALKMETER_CONFIG)"
+    )
     parser.set_defaults(func=run)
 
 

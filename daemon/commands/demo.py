@@ -38,7 +38,7 @@ def shipped_trace(name: str) -> Traversable:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="see talkmeter measure real recorded calls, no PBX or database needed",
+        help="see talkmeter measure recorded real calls (no PBX, no database)",
         description="Replays real Asterisk 22 recordings through talkmeter's own AMI simulator on a "
         "free loopback port, measures them live exactly as `watch` would on a PBX, and prints each "
         "conversation and a summary.",

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="machine output: one JSON object per line, nothing else"
     )
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     parser.add_argument("--timing", type=Path, help="receive-time sidecar (default: TRACE.timing if present)")
     parser.set_defaults(func=run)
 

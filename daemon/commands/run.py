@@ -15,9 +15,31 @@ from daemon.writer import FatalStorageError
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("run", help="follow the PBX and record every conversation in PostgreSQL")
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser = subparsers.add_parser(
+        "run",
+        help="the service: follow the PBX, record and rate every conversation in PostgreSQL",
+        description="The long-running service for one PBX (what systemd's talkmeter@.service starts). "
+        "It follows every call on the AMI, records each finished conversation in PostgreSQL and rates it "
+        "against the client's contract; conversations wait in a spool while the database is away.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML configuration file (default: TALKMETER_CONFIG)"
+    )
     parser.set_defaults(func=run)
+
+
+RUN_EPILOG = """\
+environment (the secrets are read from here only, never from the command line):
+  TALKMETER_AMI_SECRET          the manager.conf secret of ami_user, or
+  TALKMETER_AMI_SECRET_FILE     a file holding it (systemd: LoadCredential=, %d/ami-secret)
+  TALKMETER_DATABASE_URL        postgresql://USER:PASSWORD@HOST:5432/DATABASE (a talkmeter_writer login)
+  TALKMETER_CONFIG              the TOML file, when --config is not given
+  TALKMETER_<SETTING>           any other setting, e.g. TALKMETER_AMI_HOST, TALKMETER_METRICS_PORT
+
+Check it all first with `talkmeter check-config --config FILE`. With metrics_port set, /metrics
+and /healthz are served on 127.0.0.1 (metrics_host to change)."""
 
 
 def run(args: argparse.Namespace) -> int:
