@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench wheel
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,3 +21,7 @@ test: install
 # Throughput and memory figures of the AMI pipeline (prints, asserts nothing).
 bench: install
 	$(PY) benchmarks/pipeline.py
+
+# The package to install where there is no clone: dist/talkmeter-<version>-py3-none-any.whl.
+wheel: install
+	$(PY) -m build --no-isolation --outdir dist .
