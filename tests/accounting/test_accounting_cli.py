@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -200,3 +201,29 @@ def test_import_says_what_it_created_changed_and_left_alone(
     assert run(capsys, "import", "contracts", str(contracts))[1] == (
         f"contracts from {contracts}: 0 created, 0 changed, 1 left alone (unchanged)\n"
     )
+
+
+def login_in(role: str, database: str) -> tuple[str, str]:
+    """A login role in `role` (cluster-wide, dropped by the caller) and its DSN on `database`."""
+    name = unique_name("tm_login")
+    asyncio.run(admin(f"CREATE ROLE {name} LOGIN PASSWORD 'pw' IN ROLE {role}"))
+    parts = urlsplit(database)
+    return name, urlunsplit(parts._replace(netloc=f"{name}:pw@{parts.netloc.rpartition('@')[2]}"))
+
+
+def test_the_readme_privileges_the_writer_records_and_reports_the_accountant_does_not(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "migrate")
+    writer, writer_dsn = login_in("talkmeter_writer", database)
+    accountant, accountant_dsn = login_in("talkmeter_accountant", database)
+    try:
+        monkeypatch.setenv("TALKMETER_DATABASE_URL", writer_dsn)
+        trace = str(Path(__file__).resolve().parents[1] / "traces" / "hold.ami")
+        assert run(capsys, "replay", trace, "--json")[0] == 0
+        assert run(capsys, "report", "monthly", "--month", "2026-11")[0] == 0
+        monkeypatch.setenv("TALKMETER_DATABASE_URL", accountant_dsn)
+        code, _, err = run(capsys, "report", "monthly", "--month", "2026-11")
+        assert code == 2 and "permission denied" in err
+    finally:
+        asyncio.run(admin(f"DROP ROLE {writer}, {accountant}"))  # they own nothing: only inherited grants
