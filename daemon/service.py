@@ -88,6 +88,8 @@ class Database:
             raise FatalStorageError(f"PostgreSQL refused the login: {error}") from error
         except asyncpg.InvalidCatalogNameError as error:
             raise FatalStorageError(f"no such database: {error}") from error
+        except (asyncpg.ClientConfigurationError, ValueError) as error:  # an option asyncpg refuses
+            raise FatalStorageError(f"database_url: {error}") from error
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)

@@ -173,6 +173,9 @@ def _run(args: argparse.Namespace, job: Callable[[asyncpg.Pool], Awaitable[int]]
         # asyncpg's messages name the server and the problem, never the password.
         print(f"talkmeter: database error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    except (asyncpg.ClientConfigurationError, ValueError) as error:  # an option asyncpg refuses
+        print(f"talkmeter: database_url: {error}", file=sys.stderr)
+        return 2
 
 
 async def _with_pool(dsn: str, job: Callable[[asyncpg.Pool], Awaitable[int]], check: bool) -> int:

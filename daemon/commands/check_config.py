@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from accounting.reports import fixed_width
 from daemon.settings import MASK, SECRET_SETTINGS, ConfigError, Loaded, load_with_sources, masked_dsn
 
 
@@ -42,12 +43,11 @@ def run(args: argparse.Namespace) -> int:
 def render(loaded: Loaded) -> str:
     """One line per setting: name, source, value (secrets masked); aligned for reading."""
     file_note = f"config file: {loaded.config_file}" if loaded.config_file else "config file: none"
-    rows = [("setting", "from", "value")]
-    for name in type(loaded.settings).model_fields:
-        rows.append((name, str(loaded.sources[name]), shown_value(name, getattr(loaded.settings, name))))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    lines = [f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}".rstrip() for a, b, c in rows]
-    return f"# {file_note}\n" + "\n".join(lines) + "\n"
+    rows = [
+        (name, str(loaded.sources[name]), shown_value(name, getattr(loaded.settings, name)))
+        for name in type(loaded.settings).model_fields
+    ]
+    return f"# {file_note}\n" + fixed_width(("setting", "from", "value"), rows, text_columns={0, 1, 2})
 
 
 def shown_value(name: str, value: Any) -> str:

@@ -227,3 +227,13 @@ def test_the_readme_privileges_the_writer_records_and_reports_the_accountant_doe
         assert code == 2 and "permission denied" in err
     finally:
         asyncio.run(admin(f"DROP ROLE {writer}, {accountant}"))  # they own nothing: only inherited grants
+
+
+def test_a_database_option_asyncpg_refuses_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", dsn_for("x") + "?target_session_attrs=bogus")
+    code, _, err = run(capsys, "migrate")
+    assert (
+        code == 2 and err.startswith("talkmeter: database_url: target_session_attrs") and err.count("\n") == 1
+    )
