@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accounting.reports import fixed_width
-from daemon.settings import MASK, SECRET_SETTINGS, ConfigError, Loaded, load_with_sources, masked_dsn
+from daemon.settings import MASK, SECRET_SETTINGS, Loaded, load_with_sources, masked_dsn
 
 
 def register(subparsers: Any) -> None:
@@ -60,5 +60,3 @@ def shown_value(name: str, value: Any) -> str:
         return str(value)
     return json.dumps(value, ensure_ascii=False)
 
-
-__all__ = ["ConfigError", "register"]
