@@ -17,6 +17,39 @@ dials, outbound calls, every kind of transfer, bridge merges and conferences, wi
 for any of them. Events that merely describe (AgentConnect, DialEnd, AttendedTransfer) are not
 needed for the measurement and are ignored.
 
+Local channel optimisation is followed as what it is. Asterisk announces it with
+`LocalOptimizationBegin` (naming both halves and, for a swap, the `Source` channel that is about to
+take a half's place) and closes it with `LocalOptimizationEnd`; in between, the source leaves its
+bridge and enters the other one (`SwapUniqueid`), or a whole bridge is merged. While an
+optimisation is under way its participants (both halves, the source, and the members of the
+halves' bridges) count as connected to one another, so the client never appears cut off and the
+talk is continuous by construction, whatever `debounce` is (0 included). Without the two events
+(filtered out, or ordered after the bridge events) the swap alone shows the move: a client cut off
+by a channel leaving its bridge and reconnected by that same channel entering another one with
+`SwapUniqueid` has not stopped talking, however short or long the debounce.
+
+Direction comes from what the PBX did with the client's channel, never from its first state. A
+channel that runs the dialplan itself is a call *in*: Asterisk puts such a channel in state Ring (4)
+before its dialplan starts, whatever the driver (chan_pjsip, DAHDI and IAX2 create it in Ring;
+chan_sip creates it Down and sets Ring just after), and its `Exten` at that moment is the DID, the
+conversation's `line`. A channel that is dialled is a call *out*: it is the `DestChannel` of a
+`DialBegin` (app_dial, app_queue and the dial API behind Originate all publish one; an Originate's
+has no source channel), and a dialled channel is never put in Ring. Until one of these happens the
+direction is None (undecided), and the first that happens decides; a channel that is the calling
+side of a `DialBegin` before anything decided is running the dialplan, so it is inbound. A
+conversation that ends undecided was a channel the PBX created and never dialled successfully (a
+call out that failed before `ast_call`): outbound. Channels adopted mid-call (first seen after a
+reconnect) are judged from what the snapshot lists (`ApplicationData: (Outgoing Line)` marks a
+dialled channel) and are estimated anyway.
+
+The model is deterministic: bridge members keep their order of entry and every walk over clients
+is sorted, so effects never depend on hash order (`PYTHONHASHSEED`).
+
+Roles are configuration, and a wrong pattern would otherwise be silent: when calls keep bridging
+consultants with channels no pattern matches (or consultant-matched channels that rang in from, or
+were dialled to, an outside number) and no client is on the call, after `UNMATCHED_CALLS` such calls
+an `Anomaly("unmatched_channels")` names those channels and the setting to change.
+
 Hold is the other half of a conversation's connected time. A `Hold` raised by a consultant
 connected to the client (or by the client's own channel) puts the client on hold until the matching
 `Unhold`, until the client is connected to a consultant again after having been cut off, or until
@@ -66,7 +99,7 @@ from telephony.effects import (
 )
 from telephony.framing import Message
 from telephony.numbers import is_withheld, normalize
-from telephony.roles import ChannelRoles, Role, endpoint_name, local_pair_key
+from telephony.roles import ChannelRoles, Role, endpoint_name, local_pair_key, suggest_pattern
 
 #: Events the model reads; everything else can be dropped before decoding.
 WANTED_EVENTS: frozenset[str] = frozenset(
@@ -82,12 +115,20 @@ WANTED_EVENTS: frozenset[str] = frozenset(
         "BridgeLeave",
         "BridgeDestroy",
         "LocalBridge",
+        "LocalOptimizationBegin",
+        "LocalOptimizationEnd",
         "Hold",
         "Unhold",
         "Shutdown",
     }
 )
 
+#: bridged calls with consultants, suspect channels and no client before the role audit speaks up
+UNMATCHED_CALLS = 5
+
+_RING = "4"  # AST_STATE_RING: the channel called the PBX and runs (or is about to run) the dialplan
+#: what a dialled channel runs until it is bridged (apps/app_dial.c, main/dial.c, apps/app_queue.c)
+_DIALLED_APPLICATIONS = frozenset({"AppDial", "AppDial2", "AppQueue"})
 _HOLDING_TECHNOLOGIES = frozenset({"holding_bridge"})
 _HOLDING_TYPES = frozenset({"parking", "holding"})
 _RECENTLY_ENDED = 4096
@@ -117,13 +158,22 @@ class _Channel:
     up: bool
     created_at: float
     bridge: str | None = None
+    outside: str = ""  # the caller id it rang in with, or was dialled to (for the role audit)
 
 
 @dataclass(slots=True)
 class _Bridge:
     bridge_id: str
     holding: bool
-    members: set[str] = field(default_factory=set)
+    members: dict[str, None] = field(default_factory=dict)  # ordered: walks are deterministic
+
+
+@dataclass(slots=True)
+class _Optimisation:
+    """A Local pair being optimised away, between LocalOptimizationBegin and End."""
+
+    bridges: tuple[str, ...]  # the halves' bridges when it began
+    moving: tuple[str, ...]  # the halves, the source (a swap), the members of `bridges` at the start
 
 
 @dataclass(slots=True)
@@ -146,6 +196,9 @@ class _Track:
     resumed_from: float | None = None  # restored from a checkpoint taken at this time
     hold: _Hold | None = None
     connected: tuple[str, ...] = ()  # consultants connected right now
+    cut_off_by: frozenset[str] = frozenset()  # the channels whose move cut the client off
+    fallback: Direction = "outbound"  # the direction if no event ever decides it
+    first_exten: str = ""  # Exten when the channel was first seen
 
 
 class CallTracker:
@@ -172,6 +225,9 @@ class CallTracker:
         self._now = float("-inf")
         self._warned_no_timestamp = False
         self._restored: dict[str, dict[str, Any]] = {}
+        self._optimising: dict[str, _Optimisation] = {}  # by the optimisation's Id
+        self._suspect_calls: dict[str, dict[str, str]] = {}  # bridge -> {name: why} (role audit)
+        self._reported_patterns: set[str] = set()
         self._handlers: dict[str, Callable[[Message, float, list[Effect]], None]] = {
             "Newchannel": self.on_newchannel,
             "Newstate": self.on_newstate,
@@ -184,6 +240,8 @@ class CallTracker:
             "BridgeLeave": self.on_bridge_leave,
             "BridgeDestroy": self.on_bridge_destroy,
             "LocalBridge": self.on_local_bridge,
+            "LocalOptimizationBegin": self.on_local_optimization_begin,
+            "LocalOptimizationEnd": self.on_local_optimization_end,
             "Hold": self.on_hold,
             "Unhold": self.on_unhold,
             "Shutdown": self.on_shutdown,
@@ -268,14 +326,25 @@ class CallTracker:
         if uniqueid in self._channels:
             return
         channel = self._add_channel(message, at, effects)
-        if channel is not None and channel.role is Role.CLIENT:
-            direction: Direction = "outbound" if message.get("ChannelState") == "0" else "inbound"
-            self._start_conversation(channel, message, direction, at, estimated=False, effects=effects)
+        if channel is None:
+            return
+        self._note_ringing(channel, message)
+        if channel.role is Role.CLIENT:
+            # Born Ring: it called in (chan_pjsip, DAHDI, IAX2). Born Down: wait and see (chan_sip
+            # sets Ring next for a call in; a call out is dialled next). The PBX made it: a call
+            # that never gets further was one going out.
+            direction: Direction | None = "inbound" if _rings(message) else None
+            self._start_conversation(channel, message, direction, at, False, effects, "outbound")
 
     def on_newstate(self, message: Message, at: float, effects: list[Effect]) -> None:
         channel = self._channel_of(message, at, effects)
-        if channel is not None:
-            self._mutate([channel.uniqueid], at, effects, lambda: self._set_up(channel, message))
+        if channel is None:
+            return
+        self._note_ringing(channel, message)
+        track = self._tracks.get(channel.uniqueid)
+        if track is not None and _rings(message):
+            self._decide(track, "inbound", message.get("Exten"))
+        self._mutate([channel.uniqueid], at, effects, lambda: self._set_up(channel, message))
 
     def on_newcallerid(self, message: Message, at: float, effects: list[Effect]) -> None:
         channel = self._channel_of(message, at, effects)
@@ -306,11 +375,16 @@ class CallTracker:
         self._mutate([channel.uniqueid], at, effects, rename)
 
     def on_dial_begin(self, message: Message, at: float, effects: list[Effect]) -> None:
-        # A trunk channel that is dialled is a call *to* a client, whatever its first state said.
-        track = self._tracks.get(message.get("DestUniqueid"))
-        if track is not None and not track.conversation.segments:
-            track.conversation.direction = "outbound"
-            track.conversation.line = None
+        dest = self._channels.get(message.get("DestUniqueid"))
+        if dest is not None and not dest.outside:
+            dest.outside = message.get("DestCallerIDNum")
+        dialled = self._tracks.get(message.get("DestUniqueid"))
+        if dialled is not None:
+            self._decide(dialled, "outbound", "")
+        # Dialling before being dialled: the channel runs the dialplan itself (a call in).
+        caller = self._tracks.get(message.get("Uniqueid"))
+        if caller is not None:
+            self._decide(caller, "inbound", caller.first_exten)
 
     def on_bridge_create(self, message: Message, at: float, effects: list[Effect]) -> None:
         self._bridge(message.get("BridgeUniqueid"), message)
@@ -328,10 +402,13 @@ class CallTracker:
             self._leave_bridge(channel)
             if swapped is not None:  # Local optimisation: the swapped channel is on its way out
                 self._leave_bridge(swapped)
-            bridge.members.add(channel.uniqueid)
+            bridge.members[channel.uniqueid] = None
             channel.bridge = bridge.bridge_id
 
-        self._mutate(touched, at, effects, enter)
+        # Entering in another channel's place completes a move: the gap since it left is not a gap.
+        moved = frozenset({channel.uniqueid}) if message.get("SwapUniqueid") else frozenset()
+        self._mutate(touched, at, effects, enter, moved)
+        self._audit(channel, at, effects)
 
     def on_bridge_leave(self, message: Message, at: float, effects: list[Effect]) -> None:
         channel = self._channel_of(message, at, effects)
@@ -340,7 +417,7 @@ class CallTracker:
             return
 
         def leave() -> None:
-            bridge.members.discard(channel.uniqueid)
+            bridge.members.pop(channel.uniqueid, None)
             if channel.bridge == bridge.bridge_id:
                 channel.bridge = None
 
@@ -368,6 +445,37 @@ class CallTracker:
         known = [uniqueid for uniqueid in halves if uniqueid is not None]
         self._mutate(known, at, effects, lambda: None)
 
+    def on_local_optimization_begin(self, message: Message, at: float, effects: list[Effect]) -> None:
+        halves = (message.get("LocalOneUniqueid"), message.get("LocalTwoUniqueid"))
+        op_id = message.get("Id")
+        if not all(halves) or not op_id:
+            return
+        moving: dict[str, None] = dict.fromkeys(halves)
+        if message.get("SourceUniqueid"):  # a swap; a merge has no source
+            moving[message.get("SourceUniqueid")] = None
+        bridges = []
+        for uniqueid in halves:
+            half = self._channels.get(uniqueid)
+            bridge = self._bridges.get(half.bridge) if half is not None and half.bridge else None
+            if bridge is not None and not bridge.holding:
+                bridges.append(bridge.bridge_id)
+                moving.update(bridge.members)
+        optimisation = _Optimisation(tuple(bridges), tuple(moving))
+        participants = self._participants(optimisation)
+
+        def begin() -> None:
+            self._optimising[op_id] = optimisation
+
+        # If the bridge events came first, the client was cut off by this very move: not a gap.
+        self._mutate(list(participants), at, effects, begin, frozenset(participants))
+
+    def on_local_optimization_end(self, message: Message, at: float, effects: list[Effect]) -> None:
+        optimisation = self._optimising.get(message.get("Id"))
+        if optimisation is None:
+            return
+        participants = self._participants(optimisation)
+        self._mutate(list(participants), at, effects, lambda: self._end_optimisation(message.get("Id")))
+
     def on_hold(self, message: Message, at: float, effects: list[Effect]) -> None:
         channel = self._channel_of(message, at, effects)
         if channel is None:
@@ -376,7 +484,7 @@ class CallTracker:
         # pressed by a consultant talking to someone else, is not this client's conversation time.
         by = endpoint_name(channel.name) if channel.role is Role.CONSULTANT else None
         near = [channel.uniqueid] if channel.role is Role.CLIENT else self._clients_near([channel.uniqueid])
-        for uniqueid in [uid for uid in near if self._talking_with(uid)]:
+        for uniqueid in sorted(uid for uid in near if self._talking_with(uid)):
             track = self._tracks[uniqueid]
             at = self._conversation_time(track, at)
             if track.hold is None:
@@ -392,6 +500,7 @@ class CallTracker:
         for uniqueid in list(self._channels):
             self._forget_channel(uniqueid, at, effects, estimated=True)
         self._bridges.clear()
+        self._optimising.clear()
 
     # ----------------------------------------------------------------- channels and bridges
 
@@ -434,7 +543,9 @@ class CallTracker:
         detail = f"adopted {channel.name} first seen in {message.event}"
         effects.append(Anomaly(at, "unknown_channel", detail))
         if channel.role is Role.CLIENT:
-            self._start_conversation(channel, message, _guess_direction(message), at, True, effects)
+            # Its creation was missed: a call in progress is most often a call in.
+            direction: Direction | None = "inbound" if _rings(message) else None
+            self._start_conversation(channel, message, direction, at, True, effects, "inbound")
         return channel
 
     def _bridge(self, bridge_id: str, message: Message) -> _Bridge:
@@ -451,7 +562,7 @@ class CallTracker:
         if channel.bridge is not None:
             bridge = self._bridges.get(channel.bridge)
             if bridge is not None:
-                bridge.members.discard(channel.uniqueid)
+                bridge.members.pop(channel.uniqueid, None)
             channel.bridge = None
 
     def _set_up(self, channel: _Channel, message: Message) -> None:
@@ -470,6 +581,7 @@ class CallTracker:
                 del self._by_name[channel.name]
 
         self._mutate([uniqueid], at, effects, remove)
+        self._drop_finished_optimisations(uniqueid)
         self._release_holds(uniqueid, at, effects)
         self._remember_ended(uniqueid)
         if uniqueid in self._tracks:
@@ -498,28 +610,39 @@ class CallTracker:
             if channel is None:
                 return
             if channel.role is Role.CLIENT:
-                direction = _guess_direction(item)
-                self._start_conversation(channel, item, direction, created, True, effects)
+                direction = _listed_direction(item)
+                self._start_conversation(channel, item, direction, created, True, effects, direction)
         channel.up = _is_up(item)
         bridge_id = item.get("BridgeId")
         if channel.bridge != (bridge_id or None):
             self._leave_bridge(channel)
             if bridge_id:
                 bridge = self._bridge(bridge_id, bridges.get(bridge_id, item))
-                bridge.members.add(uniqueid)
+                bridge.members[uniqueid] = None
                 channel.bridge = bridge_id
 
     # ----------------------------------------------------------------- connectivity
 
     def _mutate(
-        self, touched: list[str], at: float, effects: list[Effect], change: Callable[[], None]
+        self,
+        touched: list[str],
+        at: float,
+        effects: list[Effect],
+        change: Callable[[], None],
+        moved: frozenset[str] = frozenset(),
     ) -> None:
-        """Apply a topology change and re-evaluate every client it could affect, before and after."""
+        """Apply a topology change and re-evaluate every client it could affect, before and after.
+
+        `touched` are the channels the change is about: a client cut off now was cut off by them.
+        `moved` are channels whose move (a Local optimisation) this change completes: a client they
+        cut off and that is connected again now has not stopped talking.
+        """
         clients = self._clients_near(touched)
         change()
         clients |= self._clients_near([uid for uid in touched if uid in self._channels])
+        cause = frozenset(touched)
         for uniqueid in sorted(clients):
-            self._update_connectivity(uniqueid, at, effects)
+            self._update_connectivity(uniqueid, at, effects, cause, moved)
 
     def _neighbours(self, channel: _Channel) -> Iterator[str]:
         if channel.bridge is not None:
@@ -532,6 +655,32 @@ class CallTracker:
                 other = self._by_name.get(f"{pair[0]};{'2' if pair[1] == '1' else '1'}")
                 if other is not None:
                     yield other
+        if self._optimising:
+            for optimisation in self._optimising.values():
+                participants = self._participants(optimisation)
+                if channel.uniqueid in participants:
+                    yield from participants
+
+    # ----------------------------------------------------------------- Local optimisation
+
+    def _participants(self, optimisation: _Optimisation) -> dict[str, None]:
+        """Who an optimisation keeps connected: what was moving at the start, and who is in its bridges."""
+        found: dict[str, None] = dict.fromkeys(optimisation.moving)
+        for bridge_id in optimisation.bridges:
+            bridge = self._bridges.get(bridge_id)
+            if bridge is not None and not bridge.holding:
+                found.update(bridge.members)
+        return {uniqueid: None for uniqueid in found if uniqueid in self._channels}
+
+    def _end_optimisation(self, op_id: str) -> None:
+        self._optimising.pop(op_id, None)
+
+    def _drop_finished_optimisations(self, gone: str) -> None:
+        # Without a LocalOptimizationEnd (filtered out), an optimisation is over when its pair is gone.
+        for op_id, optimisation in list(self._optimising.items()):
+            halves = optimisation.moving[:2]
+            if gone in halves and not any(half in self._channels for half in halves):
+                del self._optimising[op_id]
 
     def _component(self, start: Iterable[str]) -> Iterator[_Channel]:
         """Channels reachable from `start` through bridges and Local pairs (Up or not)."""
@@ -564,17 +713,69 @@ class CallTracker:
         track = self._tracks.get(client_uniqueid)
         return track is not None and bool(track.connected)
 
+    # ----------------------------------------------------------------- role audit
+
+    def _audit(self, entered: _Channel, at: float, effects: list[Effect]) -> None:
+        """Count bridged calls where consultants meet suspect channels and no client; speak up at
+        `UNMATCHED_CALLS`, once per new pattern."""
+        bridge_id = entered.bridge
+        if bridge_id is None or bridge_id in self._suspect_calls:
+            return
+        members = list(self._component([entered.uniqueid]))
+        if any(channel.role is Role.CLIENT for channel in members):
+            return
+        up = [channel for channel in members if channel.up]
+        suspects = [channel for channel in up if self._suspect(channel)]
+        if not suspects or not any(c.role is Role.CONSULTANT and c not in suspects for c in up):
+            return
+        if not {suggest_pattern(c.name) for c in suspects} - self._reported_patterns:
+            return
+        self._suspect_calls[bridge_id] = {c.name: self._why_suspect(c) for c in suspects}
+        if len(self._suspect_calls) >= UNMATCHED_CALLS:
+            effects.append(Anomaly(at, "unmatched_channels", self._unmatched_report()))
+
+    def _suspect(self, channel: _Channel) -> bool:
+        if channel.role is Role.UNMATCHED:
+            return True
+        return channel.role is Role.CONSULTANT and normalize(channel.outside, self.region) is not None
+
+    @staticmethod
+    def _why_suspect(channel: _Channel) -> str:
+        if channel.role is Role.UNMATCHED:
+            return "matches no pattern"
+        return f"matches consultant_channels, outside number {channel.outside}"
+
+    def _unmatched_report(self) -> str:
+        calls = len(self._suspect_calls)
+        suspects: dict[str, str] = {}
+        for found in self._suspect_calls.values():
+            suspects.update(found)
+        patterns = sorted({suggest_pattern(name) for name in suspects} - self._reported_patterns)
+        self._reported_patterns.update(patterns)
+        self._suspect_calls.clear()
+        described = [f"{name} ({why})" for name, why in suspects.items()]
+        shown = ", ".join(described[:8]) + (f" and {len(described) - 8} more" if len(described) > 8 else "")
+        wanted = ", ".join(f'"{pattern}"' for pattern in patterns)
+        return (
+            f"{calls} bridged calls had consultants but no client leg, so nothing was measured; "
+            f"channels that look like the client's side: {shown}. If they are trunks, add {wanted} to "
+            "trunk_channels (if they are phones, to consultant_channels); "
+            "`talkmeter check` lists the role of every channel"
+        )
+
     # ----------------------------------------------------------------- conversation timeline
 
     def _start_conversation(
         self,
         channel: _Channel,
         message: Message,
-        direction: Direction,
+        direction: Direction | None,
         at: float,
         estimated: bool,
         effects: list[Effect],
+        fallback: Direction,
     ) -> None:
+        """Open the client's conversation; `direction` None = undecided, `fallback` if it stays so."""
         line = (message.get("Exten") or None) if direction == "inbound" else None
         conversation = Conversation(
             conversation_id=f"{self.pbx}:{channel.uniqueid}",
@@ -592,8 +793,21 @@ class CallTracker:
         if saved is not None:
             self._tracks[channel.uniqueid] = _resumed_track(channel.uniqueid, saved, conversation)
             return
-        self._tracks[channel.uniqueid] = _Track(channel.uniqueid, conversation, last_seen=at)
+        track = _Track(channel.uniqueid, conversation, last_seen=at, fallback=fallback)
+        track.first_exten = message.get("Exten")
+        self._tracks[channel.uniqueid] = track
         effects.append(ConversationStarted(at, conversation))
+
+    def _decide(self, track: _Track, direction: Direction, exten: str) -> None:
+        """The first event that shows what the PBX did with the client's channel decides."""
+        conversation = track.conversation
+        if conversation.direction is None:
+            conversation.direction = direction
+            conversation.line = (exten or None) if direction == "inbound" else None
+
+    def _note_ringing(self, channel: _Channel, message: Message) -> None:
+        if _rings(message) and not channel.outside:
+            channel.outside = message.get("CallerIDNum")
 
     def _end_restored(self, uniqueid: str, effects: list[Effect]) -> None:
         saved = self._restored.pop(uniqueid)
@@ -610,7 +824,14 @@ class CallTracker:
         conversation.client_number_raw = raw
         conversation.client_number = normalize(raw, self.region)
 
-    def _update_connectivity(self, uniqueid: str, at: float, effects: list[Effect]) -> None:
+    def _update_connectivity(
+        self,
+        uniqueid: str,
+        at: float,
+        effects: list[Effect],
+        cause: frozenset[str] = frozenset(),
+        moved: frozenset[str] = frozenset(),
+    ) -> None:
         track = self._tracks.get(uniqueid)
         if track is None:
             return
@@ -625,7 +846,7 @@ class CallTracker:
                 conversation.consultants.append(name)
         if track.hold is not None and connected and not was_connected:
             self._end_hold(track, at, effects)  # connected again after being cut off
-        self._advance_timeline(track, at, effects)
+        self._advance_timeline(track, at, effects, cause, moved)
 
     def _conversation_time(self, track: _Track, at: float) -> float:
         """Time never runs backwards within one conversation (arrival order has tiny inversions).
@@ -636,7 +857,14 @@ class CallTracker:
         track.last_seen = max(track.last_seen, at)
         return track.last_seen
 
-    def _advance_timeline(self, track: _Track, at: float, effects: list[Effect]) -> None:
+    def _advance_timeline(
+        self,
+        track: _Track,
+        at: float,
+        effects: list[Effect],
+        cause: frozenset[str] = frozenset(),
+        moved: frozenset[str] = frozenset(),
+    ) -> None:
         """Bring the segment list in line with the present: talking, on hold, or cut off."""
         state = self._wanted_state(track)
         if track.resumed_from is not None:
@@ -644,11 +872,12 @@ class CallTracker:
         if state is None:
             if track.open_segment is not None and track.cut_off_at is None:
                 track.cut_off_at = at
+                track.cut_off_by = cause
                 self._debouncing.add(track.uniqueid)
             return
         consultant, hold = state
         if track.cut_off_at is not None:
-            self._reconnect(track, at, effects)
+            self._reconnect(track, at, effects, moved)
         current = track.open_segment
         if current is None:
             track.open_segment = Segment(consultant, at, at, hold)
@@ -665,17 +894,20 @@ class CallTracker:
             self._close_segment(track, resumed_from)
             effects.append(TalkStopped(resumed_from, track.conversation.conversation_id))
 
-    def _reconnect(self, track: _Track, at: float, effects: list[Effect]) -> None:
+    def _reconnect(self, track: _Track, at: float, effects: list[Effect], moved: frozenset[str]) -> None:
         """The client is connected again after a cut-off: absorb a short gap, or split the talk.
 
         The decision depends only on this conversation's own times (cut-off and reconnect), never on
-        when the debounce was noticed, so event interleaving across calls cannot change it.
+        when the debounce was noticed, so event interleaving across calls cannot change it. A gap
+        that was a Local optimisation moving the channels that cut the client off is no gap at all.
         """
         cut_off_at, reported = track.cut_off_at, track.stop_reported
         assert cut_off_at is not None
         track.cut_off_at, track.stop_reported = None, False
         self._debouncing.discard(track.uniqueid)
-        if at - cut_off_at >= self.debounce:
+        was_a_move = not track.cut_off_by.isdisjoint(moved)
+        track.cut_off_by = frozenset()
+        if at - cut_off_at >= self.debounce and not was_a_move:
             self._close_segment(track, cut_off_at)
             if not reported:
                 effects.append(TalkStopped(cut_off_at, track.conversation.conversation_id))
@@ -735,6 +967,8 @@ class CallTracker:
             if not track.stop_reported:
                 effects.append(TalkStopped(end, track.conversation.conversation_id))
         conversation = track.conversation
+        if conversation.direction is None:
+            self._decide(track, track.fallback, track.first_exten)
         conversation.ended_at = at
         conversation.estimated = conversation.estimated or estimated
         effects.append(ConversationEnded(at, conversation))
@@ -747,9 +981,18 @@ def _is_up(message: Message) -> bool:
     return message.get("ChannelStateDesc") == "Up"
 
 
-def _guess_direction(message: Message) -> Direction:
-    # The dialled leg of a call runs AppDial; an inbound trunk channel runs the dialplan.
-    return "outbound" if message.get("Application") == "AppDial" else "inbound"
+def _rings(message: Message) -> bool:
+    return message.get("ChannelState") == _RING
+
+
+def _listed_direction(item: Message) -> Direction:
+    """A listed channel's direction: dialled channels run AppDial/AppQueue on an `(Outgoing Line)`."""
+    if _rings(item):
+        return "inbound"
+    dialled = (
+        item.get("ApplicationData") == "(Outgoing Line)" or item.get("Application") in _DIALLED_APPLICATIONS
+    )
+    return "outbound" if dialled else "inbound"
 
 
 def _duration(raw: str) -> float:
@@ -780,6 +1023,8 @@ def _checkpoint_of(track: _Track, at: float) -> dict[str, Any]:
         "pbx": conversation.pbx,
         "channel": conversation.channel,
         "direction": conversation.direction,
+        "fallback": track.fallback,
+        "first_exten": track.first_exten,
         "client_number": conversation.client_number,
         "client_number_raw": conversation.client_number_raw,
         "line": conversation.line,
@@ -809,6 +1054,8 @@ def _resumed_track(uniqueid: str, saved: dict[str, Any], seen: Conversation | No
         estimated=True,
     )
     track = _Track(uniqueid, conversation, last_seen=saved["at"], resumed_from=saved["at"])
+    track.fallback = saved.get("fallback", "inbound")
+    track.first_exten = saved.get("first_exten", "")
     if saved["open"] is not None:
         consultant, start, hold = saved["open"]
         track.open_segment = Segment(consultant, start, start, hold)

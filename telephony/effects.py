@@ -36,7 +36,7 @@ class Conversation:
     conversation_id: str
     pbx: str
     channel: str
-    direction: Direction
+    direction: Direction | None  # None until an event decides it (see telephony.calls)
     client_number: str | None
     client_number_raw: str
     line: str | None

@@ -5,6 +5,11 @@ set-up controls and AMI always shows. The first matching group wins in this orde
 consultant. Local channels (`Local/...;1`/`;2`) are never a role of their own: they are the wires
 the call model follows between bridges.
 
+A channel no pattern matches is `UNMATCHED`: treated like an ignored one, but worth telling the
+admin about (a trunk with a name of its own, `SIP/beeline-0000001a`, is the first thing a new set-up
+gets wrong). `suggest_pattern` turns such a name into the glob that would match every channel of
+its endpoint.
+
 A consultant is reported by endpoint name: `PJSIP/101-0000000a` -> `101`, `SIP/101-00a1` -> `101`.
 """
 
@@ -36,6 +41,7 @@ class Role(enum.Enum):
     CONSULTANT = "consultant"
     LOCAL = "local"
     IGNORED = "ignored"
+    UNMATCHED = "unmatched"  # no pattern matches: ignored too, but reported
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class ChannelRoles:
             return Role.CLIENT
         if _matches(channel, self.consultants):
             return Role.CONSULTANT
-        return Role.IGNORED
+        return Role.UNMATCHED
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -66,6 +72,26 @@ def endpoint_name(channel: str) -> str:
     """`PJSIP/101-0000000a` -> `101`; names without the counter suffix are returned as they are."""
     match = _ENDPOINT.match(channel)
     return match.group("endpoint") if match else channel
+
+
+_DAHDI_PRI = re.compile(r"^DAHDI/(?P<span>i\d+)/")
+_COUNTER = re.compile(r"-[0-9a-fA-F]+(?:<[^>]*>)?$")
+
+
+def suggest_pattern(channel: str) -> str:
+    """The glob matching every channel of `channel`'s endpoint.
+
+    `SIP/beeline-0000001a` -> `SIP/beeline-*`, `IAX2/mts-1234` -> `IAX2/mts-*`,
+    `DAHDI/i1/74951234567-1a` -> `DAHDI/i1/*` (a PRI span: names carry the number),
+    `DAHDI/3-1` -> `DAHDI/3-*`; a name without a counter suffix is returned as it is.
+    """
+    pri = _DAHDI_PRI.match(channel)
+    if pri is not None:
+        return f"DAHDI/{pri.group('span')}/*"
+    counter = _COUNTER.search(channel)
+    if counter is None or "/" not in channel[: counter.start()]:
+        return channel
+    return channel[: counter.start()] + "-*"
 
 
 def local_pair_key(channel: str) -> tuple[str, str] | None:

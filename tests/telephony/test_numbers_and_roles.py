@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telephony.numbers import normalize
-from telephony.roles import ChannelRoles, Role, endpoint_name, local_pair_key
+from telephony.roles import ChannelRoles, Role, endpoint_name, local_pair_key, suggest_pattern
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_normalize_never_raises_and_gives_e164_or_none(raw: str) -> None:
         ("CBAnn/support-00000001", Role.IGNORED, "support"),
         ("CBRec/support-00000002", Role.IGNORED, "support"),
         ("Snoop/1795716436.0-00000001", Role.IGNORED, "1795716436.0"),
-        ("DAHDI/1-1", Role.IGNORED, "1"),
+        ("DAHDI/1-1", Role.UNMATCHED, "1"),
     ],
 )
 def test_default_roles(channel: str, role: Role, endpoint: str) -> None:
@@ -68,6 +68,23 @@ def test_ignore_wins_over_trunk_and_consultant_patterns() -> None:
     roles = ChannelRoles(trunks=("PJSIP/*",), consultants=("PJSIP/*",), ignored=("PJSIP/spy-*",))
     assert roles.role_of("PJSIP/spy-00000001") is Role.IGNORED
     assert roles.role_of("PJSIP/anything-1") is Role.CLIENT
+
+
+@pytest.mark.parametrize(
+    ("channel", "pattern"),
+    [
+        ("SIP/beeline-0000001a", "SIP/beeline-*"),
+        ("PJSIP/trunk-00000029", "PJSIP/trunk-*"),
+        ("IAX2/mts-1234", "IAX2/mts-*"),
+        ("DAHDI/i1/74951234567-1a", "DAHDI/i1/*"),
+        ("DAHDI/3-1", "DAHDI/3-*"),
+        ("PJSIP/trunk-00000029<MASQ>", "PJSIP/trunk-*"),
+        ("SIP/beeline", "SIP/beeline"),
+    ],
+)
+def test_suggested_pattern_matches_every_channel_of_the_endpoint(channel: str, pattern: str) -> None:
+    assert suggest_pattern(channel) == pattern
+    assert ChannelRoles(trunks=(pattern,)).role_of(channel) is Role.CLIENT
 
 
 def test_local_pair_key() -> None:
