@@ -305,7 +305,7 @@ def _messages(items: list[Item]) -> list[Message]:
 
 
 class _Recorder(asyncio.Transport):
-    """A transport that keeps what the protocol writes, to read back the ActionIDs it chose."""
+    """A transport that keeps what the protocol writes, to read back its actions in order."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -314,42 +314,66 @@ class _Recorder(asyncio.Transport):
     def write(self, data: Any) -> None:
         self.written += bytes(data)
 
-    def action_ids(self) -> dict[str, str]:
-        found = {}
+    def actions(self) -> list[tuple[str, str]]:
+        """(Action, ActionID) of every action sent, in the order it was sent."""
+        found = []
         for block in self.written.decode().split("\r\n\r\n"):
             headers = dict(line.split(": ", 1) for line in block.split("\r\n") if ": " in line)
             if "Action" in headers:
-                found[headers["Action"]] = headers["ActionID"]
+                found.append((headers["Action"], headers["ActionID"]))
         return found
 
 
-async def test_the_snapshot_sits_where_the_lists_complete_among_live_events() -> None:
-    """Live events that arrive while the lists are being sent stay before the snapshot; later ones after."""
+def _answer(action: str, action_id: str, live: bytes) -> bytes:
+    """Asterisk's answer to one resync action, with a live event inside a list (events interleave)."""
+    if action == "Ping":
+        return frame(Response="Success", ActionID=action_id, Ping="Pong", Timestamp="1800000000.5")
+    item, done = (
+        ("CoreShowChannel", "CoreShowChannelsComplete")
+        if action == "CoreShowChannels"
+        else ("BridgeListItem", "BridgeListComplete")
+    )
+    return (
+        frame(Response="Success", ActionID=action_id, EventList="start")
+        + frame(Event=item, ActionID=action_id, Channel="PJSIP/trunk-1", Uniqueid="1.1", BridgeUniqueid="b")
+        + live
+        + frame(Event=done, ActionID=action_id, EventList="Complete", ListItems="1")
+    )
+
+
+async def test_the_snapshot_sits_where_the_channel_list_completes_among_live_events() -> None:
+    """Asterisk answers a session's actions one after the other, in the order they were sent, and
+    may deliver live events between and inside the answers. The snapshot is applied where the
+    resync completes; an event received after the channel list was complete is newer than that
+    list and must come after the snapshot, or the older list would override it (a BridgeEnter
+    undone by a list that still shows the channel outside the bridge). So the channel list must
+    be the last answer: the Resync then sits right where the channel list ends.
+    """
     link = AmiLink(link_config(1))
     protocol = AmiProtocol(link)
     transport = _Recorder()
     protocol.connection_made(transport)
     resync = asyncio.create_task(link._resync(protocol))
     await asyncio.sleep(0)  # one turn of the loop: the task sends its three actions
-    ids = transport.action_ids()
-    ping, channels, bridges = ids["Ping"], ids["CoreShowChannels"], ids["BridgeList"]
-    protocol.data_received(
-        frame(Response="Success", ActionID=ping, Ping="Pong", Timestamp="1800000000.5")
-        + frame(Response="Success", ActionID=channels, EventList="start")
-        + frame(Event="CoreShowChannel", ActionID=channels, Channel="PJSIP/trunk-1", Uniqueid="1.1")
-        + frame(Event="Newstate", Uniqueid="1.1", Seq="A")
-        + frame(Event="CoreShowChannelsComplete", ActionID=channels, EventList="Complete", ListItems="1")
-        + frame(Response="Success", ActionID=bridges, EventList="start")
-        + frame(Event="Hangup", Uniqueid="9.9", Seq="B")
-        + frame(Event="BridgeListComplete", ActionID=bridges, EventList="Complete", ListItems="0")
-        + frame(Event="Newstate", Uniqueid="1.1", Seq="C")
-    )
+    sent = transport.actions()
+    stream, arrived, channel_list_done = b"", [], None
+    for action, action_id in sent:
+        inside, between = f"in-{action}", f"after-{action}"
+        stream += _answer(action, action_id, frame(Event="Newstate", Uniqueid="1.1", Seq=inside))
+        stream += frame(Event="BridgeEnter", Uniqueid="1.1", Seq=between)
+        arrived += [between] if action == "Ping" else [inside, between]  # a Ping answer is one frame
+        if action == "CoreShowChannels":
+            channel_list_done = len(arrived) - 1  # `between` came after the channel list was complete
+    stream += frame(Event="Hangup", Uniqueid="1.1", Seq="last")
+    arrived.append("last")
+    protocol.data_received(stream)
     await resync
     order = []
     while not link.queue.empty():
         item = link.queue.get_nowait()
         order.append(item.message.get("Seq") if isinstance(item, Received) else type(item).__name__)
-    assert order == ["A", "B", "Resync", "C"]
+    assert [name for name in order if name != "Resync"] == arrived  # events keep their order
+    assert order.index("Resync") == channel_list_done  # right where the channel list completed
     protocol.connection_lost(None)
 
 
