@@ -35,6 +35,7 @@ from daemon.metrics import Metrics
 from daemon.settings import Settings
 from telephony.ami import (
     AmiLink,
+    EventClock,
     Item,
     LinkConfig,
     LinkObserver,
@@ -70,15 +71,17 @@ class Pipeline:
         grace: float = 5.0,
         metrics: Metrics | None = None,
         observer: LinkObserver | None = None,
+        clock: EventClock | None = None,
     ) -> None:
         """`tracker`: a restored one (default: a fresh one from `settings`). `on_stop(tracker, now)`:
         called at a graceful stop instead of closing open conversations (to checkpoint them).
         `metrics`: where the link and the call model report (the link through `observer`, by
-        default the metrics' own)."""
+        default the metrics' own). `sleep` and `clock` are the testing switches of the link
+        (backoff waits, receive times)."""
         if observer is None and metrics is not None:
             observer = metrics.link_observer()
         config = LinkConfig.from_settings(settings)
-        self.link = AmiLink(config, wanted=WANTED_EVENTS, sleep=sleep, observer=observer)
+        self.link = AmiLink(config, wanted=WANTED_EVENTS, sleep=sleep, observer=observer, clock=clock)
         self.metrics = metrics
         if metrics is not None:
             metrics.count_dropped(self.link.dropped_events)

@@ -15,7 +15,9 @@ waits for the next login (`pause_after_drop`) before going on.
 
 Each event is due at `(its time - first time) / speed` after the start (`speed=0`: as fast as the
 socket takes it). Its time is its `Timestamp` header, or for traces recorded without one the
-receive time from the `.ami.timing` sidecar.
+receive time from the `.ami.timing` sidecar. The PBX's clock (`now()`, which stamps Ping answers
+as Asterisk does whatever `timestampevents` says) runs at the same pace between events. A trace
+without timestamps can only be measured by arrival times, so it is faithful at speed 1 only.
 
 While replaying, the simulator keeps the channels and bridges that exist at the current position
 (Newchannel/Newstate/Rename/Hangup, BridgeCreate/Enter/Leave/Destroy; a `BridgeMerge` is followed
@@ -95,6 +97,11 @@ class Trace:
     @property
     def events(self) -> list[TraceEvent]:
         return [item for item in self.items if isinstance(item, TraceEvent)]
+
+    @property
+    def timestamped(self) -> bool:
+        """Whether the events carry their own time (`timestampevents = yes` when recorded)."""
+        return any(_timestamp(event.raw) is not None for event in self.events)
 
 
 def load_trace(path: Path | str) -> Trace:
@@ -383,7 +390,9 @@ class AmiSimulator:
         self._batch: list[bytes] = []
         self._grace: asyncio.TimerHandle | None = None
         self.ready_grace = 0.5
-        self._trace_now = trace.items[0].at if trace.items else 0.0
+        self._first = trace.items[0].at if trace.items else 0.0
+        self._trace_now = self._first  # the time of the last event sent
+        self._origin: float | None = None  # monotonic time at which the first event was due
 
     # lifecycle
 
@@ -391,6 +400,9 @@ class AmiSimulator:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("simulator.listening", host=self.host, port=self.port, events=len(self.trace.items))
+        if self.speed != 1 and self.trace.events and not self.trace.timestamped:
+            hint = "no Timestamp in the events: arrival times are all a client has, divided by the speed"
+            log.warning("simulator.untimed_trace", speed=self.speed, hint=hint)
 
     async def stop(self) -> None:
         if self._replay is not None:
@@ -444,18 +456,17 @@ class AmiSimulator:
     # the replay
 
     async def _run_replay(self) -> None:
-        loop = asyncio.get_running_loop()
-        first = self._trace_now
+        first = self._first
         await self._ready.wait()
-        origin = loop.time()
+        self._origin = time.monotonic()
         for item in self.trace.items:
             if isinstance(item, Drop):
                 await self._flush()
                 if self.drop_at_markers:
-                    origin += await self._drop_and_wait()
+                    await self._drop_and_wait()
                 continue
             if self.speed > 0:
-                delay = origin + (item.at - first) / self.speed - loop.time()
+                delay = (self._origin or 0.0) + (item.at - first) / self.speed - time.monotonic()
                 if delay > 0:
                     await self._flush()
                     await asyncio.sleep(delay)
@@ -467,23 +478,24 @@ class AmiSimulator:
             if cue is not None or len(self._batch) >= _BATCH:
                 await self._flush()
             if cue == "drop":
-                origin += await self._drop_and_wait()
+                await self._drop_and_wait()
             elif cue == "stall":
                 self.stall()
         await self._flush()
         self.finished.set()
         log.info("simulator.trace_done", events=self.sent_events)
 
-    async def _drop_and_wait(self) -> float:
-        """Drop everybody; with `pause_after_drop`, wait for the next login. Returns the time paused."""
+    async def _drop_and_wait(self) -> None:
+        """Drop everybody; with `pause_after_drop`, wait for the next login, the clock standing still."""
         log.info("simulator.drop", clients=self.clients)
         self.drop_now()
         if not self.pause_after_drop:
-            return 0.0
+            return
+        origin, self._trace_now, self._origin = self._origin, self.now(), None
         started = time.monotonic()
         self._set_ready(False)
         await self._ready.wait()
-        return time.monotonic() - started
+        self._origin = (origin or 0.0) + time.monotonic() - started
 
     async def _flush(self) -> None:
         """Send the events due so far: one write per batch (events that are due together)."""
@@ -525,8 +537,16 @@ class AmiSimulator:
             self._ready.clear()
 
     def now(self) -> float:
-        """The replay's current time on the trace's clock."""
-        return self._trace_now
+        """The PBX's clock, on the trace's time line (what it stamps Ping answers with).
+
+        Once the replay has started it runs at `speed`, whether or not an event is due, as a PBX's
+        clock does; it stands still while the replay waits for a login. At speed 0 there is no pace:
+        it is the time of the last event sent.
+        """
+        if self.speed <= 0 or self._origin is None:
+            return self._trace_now
+        running = self._first + (time.monotonic() - self._origin) * self.speed
+        return max(self._trace_now, running)
 
     # one client
 

@@ -12,25 +12,29 @@ import pytest
 from daemon.commands.demo import demo
 from daemon.live import Pipeline
 from daemon.settings import Settings, load_settings
+from telephony.ami import EventClock
 from telephony.calls import CallTracker
 from telephony.simulator import AmiSimulator, events_trace, load_trace
 
 from .helpers import GUARD, SECRET, TRACES, RecordingSleep, frame
 
 
-def settings_for(port: int) -> Settings:
+def settings_for(port: int, **extra: Any) -> Settings:
     return load_settings(None, ami_host="127.0.0.1", ami_port=port, ami_user="talkmeter", ami_secret=SECRET,
-                         ami_action_timeout=2.0, ami_reconnect_min=0.05, ami_reconnect_max=0.2)  # fmt: skip
+                         ami_action_timeout=2.0, ami_reconnect_min=0.05, ami_reconnect_max=0.2,
+                         **extra)  # fmt: skip
 
 
-async def measure(sim: AmiSimulator) -> list[dict[str, Any]]:
+async def measure(
+    sim: AmiSimulator, clock: EventClock | None = None, **settings: Any
+) -> list[dict[str, Any]]:
     """Run the pipeline until the simulator has replayed everything and it has all been applied."""
     found: list[dict[str, Any]] = []
 
     async def collect(conversation: dict[str, Any]) -> None:
         found.append(conversation)
 
-    pipeline = Pipeline(settings_for(sim.port), collect, sleep=RecordingSleep())
+    pipeline = Pipeline(settings_for(sim.port, **settings), collect, sleep=RecordingSleep(), clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     async with asyncio.timeout(GUARD * 3):
@@ -143,14 +147,30 @@ async def test_a_failing_consumer_stops_the_pipeline() -> None:
 
 
 async def test_no_timestamp_trace_is_replayed_with_its_sidecar_timing() -> None:
+    """A PBX without `timestampevents`: the daemon has only the time it receives each event.
+
+    The trace is replayed at its recorded pace (the `.ami.timing` sidecar), 8 times faster, and the
+    daemon's clock is made to run 8 times faster too (an injected monotonic clock), so receive
+    times are the recorded ones and the talk must come out as the SIP truth. The daemon pings every
+    2 s of trace time, and Asterisk stamps each Ping answer with its clock (main/manager.c,
+    `action_ping`, whatever `timestampevents` says), which the daemon follows: a simulator that
+    stamped them with the last event's time would pull the daemon's clock back during the talk.
+    (At speed 0 there is no pace to measure: the whole trace arrives at once.)
+    """
     path: Path = TRACES / "no-timestamps" / "inbound_answered.ami"
     trace = load_trace(path)
     times = [event.at for event in trace.events]
     assert times == sorted(times) and times[-1] - times[0] > 5  # receive times, not all equal
-    async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
-        found = await measure(sim)
+    speed = 8.0
+    loop = asyncio.get_running_loop()
+    clock = EventClock(monotonic=lambda: loop.time() * speed)
+    async with AmiSimulator(trace, secret=SECRET, speed=speed) as sim:
+        found = await measure(sim, clock=clock, ami_ping_interval=2.0 / speed)
     (conversation,) = found
+    (expected,) = truth("no-timestamps/inbound_answered")
     assert conversation["consultants"] == ["101"]
+    assert conversation["talk_seconds"] == pytest.approx(expected["talk_seconds"], abs=0.2)
+    assert conversation["wait_seconds"] == pytest.approx(expected["wait_seconds"], abs=0.2)
 
 
 async def test_call_that_ends_during_an_outage_is_closed_as_estimated() -> None:
