@@ -188,7 +188,19 @@ class Pipeline:
             if isinstance(effect, ConversationEnded):
                 await self.on_conversation(effect.conversation.to_json())
             elif isinstance(effect, Anomaly):
-                log.info("pipeline.anomaly", kind=effect.kind, detail=effect.detail)
+                log_anomaly(effect)
+
+
+#: anomalies the admin must act on: logged as warnings under their own stable names
+WARNINGS = {"unmatched_channels": "calls.unmatched_channels", "no_timestamp": "calls.no_timestamp"}
+
+
+def log_anomaly(anomaly: Anomaly) -> None:
+    name = WARNINGS.get(anomaly.kind)
+    if name is not None:
+        log.warning(name, detail=anomaly.detail)
+    else:
+        log.info("pipeline.anomaly", kind=anomaly.kind, detail=anomaly.detail)
 
 
 async def _next_item(queue: asyncio.Queue[Item], wait: float) -> Item | None:

@@ -26,6 +26,7 @@ import asyncpg
 
 from accounting.ledger import record_conversation
 from accounting.migrate import SchemaError, check_schema
+from daemon.live import WARNINGS
 from daemon.logging import configure_logging
 from daemon.output import Progress, conversation_line, json_line, summarise, write_line
 from daemon.settings import ConfigError, Settings, load_settings
@@ -75,7 +76,7 @@ def measure_capture(path: Path, settings: Settings, timing_path: Path | None = N
 def _collect(effect: object, finished: list[Conversation]) -> None:
     if isinstance(effect, ConversationEnded):
         finished.append(effect.conversation)
-    elif isinstance(effect, Anomaly) and effect.kind == "no_timestamp":
+    elif isinstance(effect, Anomaly) and effect.kind in WARNINGS:
         print(f"talkmeter: warning: {effect.detail}", file=sys.stderr)
 
 

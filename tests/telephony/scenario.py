@@ -37,6 +37,8 @@ from telephony.effects import Conversation, ConversationEnded, Effect
 from telephony.framing import Message
 
 STATES = {"Down": "0", "Rsrvd": "1", "Ring": "4", "Ringing": "5", "Up": "6"}
+#: AMI_VERSION of each Asterisk (include/asterisk/manager.h), the banner's version
+AMI_VERSIONS = {13: "2.10.6", 16: "5.0.5", 18: "7.0.3", 20: "9.0.0", 22: "11.0.0"}
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,24 @@ class Pbx:
         else:
             self.emit("DialEnd", caller, **end)
 
+    def answered_by(self, client: Chan, endpoint: str = "101", ring: float = 2.0) -> tuple[Chan, str]:
+        """The client's dialplan dials a phone (Dial, or a queue member), which answers."""
+        phone = self.phone(endpoint)
+        self.dial(client, phone)
+        self.state(phone, "Ringing")
+        self.after(ring)
+        self.answer(phone)
+        self.dial_end(client, phone, "ANSWER")
+        return phone, self.connect(phone, client)
+
+    def calls_in(self, calls: int, talk: float = 5.0) -> None:
+        """`calls` clients call in one after the other, each answered by a phone 101-103."""
+        for n in range(calls):
+            client = self.inbound(f"+7495123456{n % 10}", "74950000000")
+            phone, _ = self.answered_by(client, f"10{n % 3 + 1}")
+            self.after(talk)
+            self.hangup(phone, client)
+
     # --- Local channel optimisation (main/bridge.c, try_swap_optimize_out / try_merge_optimize_out)
     def optimize_begin(self, one: Chan, two: Chan, source: Chan | None, dest: Chan, op: int = 1) -> None:
         headers = {
@@ -299,6 +319,17 @@ class Pbx:
         extra["BridgeId"] = chan.bridge or ""
         return Message({"Event": "CoreShowChannel", **channel_headers(chan, "", self.shape), **extra})
 
+    # --- as bytes
+    def frames(self) -> list[bytes]:
+        """Every event as Asterisk writes it on the wire."""
+        return [frame_bytes(message) for message in self.events]
+
+    def capture(self) -> bytes:
+        """What a client that logged in before the first event received: banner, login answer, events."""
+        banner = f"Asterisk Call Manager/{AMI_VERSIONS[self.shape.asterisk]}\r\n".encode()
+        login = b"Response: Success\r\nMessage: Authentication accepted\r\n\r\n"
+        return banner + login + b"".join(self.frames())
+
     # --- playing it
     def run(self, tracker: CallTracker | None = None) -> tuple[list[Conversation], list[Effect]]:
         """Feed every event with its receive time (what a PBX without timestamps leaves us)."""
@@ -308,6 +339,10 @@ class Pbx:
         conversations, _ = self.run(tracker)
         assert len(conversations) == 1, conversations
         return conversations[0]
+
+
+def frame_bytes(message: Message) -> bytes:
+    return "".join(f"{key}: {value}\r\n" for key, value in message.headers.items()).encode() + b"\r\n"
 
 
 def channel_headers(chan: Chan, prefix: str = "", shape: Shape = PJSIP_22) -> dict[str, str]:

@@ -24,7 +24,7 @@ from telephony.calls import CallTracker
 from telephony.effects import ConversationStarted
 from telephony.roles import ChannelRoles
 
-from .scenario import SHAPES, Chan, Pbx, Shape
+from .scenario import SHAPES, Pbx, Shape
 
 DID = "74950000000"
 CLIENT = "+74951234567"
@@ -40,17 +40,6 @@ def tracker(shape: Shape, debounce: float = 1.0) -> CallTracker:
     return CallTracker(roles_for(shape), debounce)
 
 
-def answered_by(pbx: Pbx, client: Chan, endpoint: str = "101", ring: float = 2.0) -> tuple[Chan, str]:
-    """The client's dialplan dials a phone directly (Dial or a queue member), which answers."""
-    phone = pbx.phone(endpoint)
-    pbx.dial(client, phone)
-    pbx.state(phone, "Ringing")
-    pbx.after(ring)
-    pbx.answer(phone)
-    pbx.dial_end(client, phone, "ANSWER")
-    return phone, pbx.connect(phone, client)
-
-
 @pytest.fixture(params=SHAPES, ids=str)
 def pbx(request: pytest.FixtureRequest) -> Pbx:
     return Pbx(shape=request.param)
@@ -63,7 +52,7 @@ def test_queue_ringall_is_inbound_with_its_did(pbx: Pbx) -> None:
     ringing = [pbx.phone(endpoint) for endpoint in ("102", "103")]
     for phone in ringing:
         pbx.dial(client, phone)
-    phone, _ = answered_by(pbx, client)
+    phone, _ = pbx.answered_by(client)
     for other in ringing:
         pbx.dial_end(client, other, "CANCEL")
         pbx.dial_end(client, other, "CANCEL")  # app_queue sends two
@@ -123,12 +112,12 @@ def test_ring_group_through_local_channels_is_inbound(pbx: Pbx) -> None:
 
 def test_blind_transfer_keeps_the_client_inbound(pbx: Pbx) -> None:
     client = pbx.inbound(CLIENT, DID)
-    phone, bridge = answered_by(pbx, client)
+    phone, bridge = pbx.answered_by(client)
     pbx.after(4)
     pbx.unhold(phone)
     pbx.leave(bridge, client)
     pbx.hangup(phone)
-    colleague, _ = answered_by(pbx, client, "102", ring=3)
+    colleague, _ = pbx.answered_by(client, "102", ring=3)
     pbx.after(5)
     pbx.hangup(colleague, client)
     conversation = pbx.one(tracker(pbx.shape))
@@ -139,7 +128,7 @@ def test_blind_transfer_keeps_the_client_inbound(pbx: Pbx) -> None:
 
 def test_attended_transfer_keeps_the_client_inbound(pbx: Pbx) -> None:
     client = pbx.inbound(CLIENT, DID)
-    phone, bridge = answered_by(pbx, client)
+    phone, bridge = pbx.answered_by(client)
     pbx.after(3)
     pbx.hold(phone)
     one, two = pbx.local_pair("Local/102@from-internal-0000003a", optimize=False)
@@ -247,7 +236,7 @@ def test_call_me_now_originate_to_the_client_then_the_queue_is_outbound(pbx: Pbx
     pbx.answer(trunk)
     pbx.dial_end(None, trunk, "ANSWER")
     pbx.emit_raw("OriginateResponse", Response="Success", Channel=trunk.name, Uniqueid=trunk.uniqueid)
-    phone, _ = answered_by(pbx, trunk)  # the trunk channel now dials 101 from the queue
+    phone, _ = pbx.answered_by(trunk)  # the trunk channel now dials 101 from the queue
     pbx.after(7)
     pbx.hangup(phone, trunk)
     conversation = pbx.one(tracker(pbx.shape))
@@ -295,7 +284,7 @@ def test_pickup_by_another_phone_keeps_the_client_inbound(pbx: Pbx) -> None:
 
 def test_direct_dial_keeps_the_dialled_did_as_the_line(pbx: Pbx) -> None:
     client = pbx.inbound(CLIENT, "74950000102")
-    phone, _ = answered_by(pbx, client, "102", ring=3)
+    phone, _ = pbx.answered_by(client, "102", ring=3)
     pbx.after(5)
     pbx.hangup(client, phone)
     conversation = pbx.one(tracker(pbx.shape))
@@ -319,15 +308,6 @@ def test_direction_is_undecided_until_an_event_decides() -> None:
     assert directions == {client.name: ("inbound", DID), trunk.name: ("outbound", None)}
 
 
-def beeline_calls(pbx: Pbx, calls: int) -> None:
-    """Calls in through a chan_sip trunk named `beeline`, answered by phones `SIP/10x`."""
-    for n in range(calls):
-        client = pbx.inbound(f"+7495123456{n}", DID)
-        phone, _ = answered_by(pbx, client, f"10{n % 3 + 1}")
-        pbx.after(5)
-        pbx.hangup(phone, client)
-
-
 def unmatched(effects: list) -> list[str]:
     return [e.detail for e in effects if getattr(e, "kind", "") == "unmatched_channels"]
 
@@ -337,7 +317,7 @@ def test_a_trunk_named_otherwise_is_reported_after_five_calls(calls: int) -> Non
     """Default patterns (`SIP/trunk-*`): `SIP/beeline-…` matches `SIP/*`, a consultant, but it rings
     in with outside numbers and no call has a client leg."""
     pbx = Pbx(shape=Shape(13, "SIP", timestamps=False, trunk="beeline"))
-    beeline_calls(pbx, calls)
+    pbx.calls_in(calls)
     conversations, effects = pbx.run(CallTracker())
     assert conversations == []
     reports = unmatched(effects)
@@ -350,7 +330,7 @@ def test_a_trunk_named_otherwise_is_reported_after_five_calls(calls: int) -> Non
 
 def test_channels_no_pattern_matches_are_reported() -> None:
     pbx = Pbx(shape=Shape(20, "PJSIP", trunk="mts"))
-    beeline_calls(pbx, 5)
+    pbx.calls_in(5)
     roles = ChannelRoles(trunks=("PJSIP/trunk-*",), consultants=("PJSIP/1??-*",))
     _, effects = pbx.run(CallTracker(roles))
     (report,) = unmatched(effects)
@@ -362,10 +342,10 @@ def test_internal_calls_and_measured_calls_are_not_reported() -> None:
     pbx = Pbx(shape=Shape(16, "SIP", timestamps=False))
     for _ in range(6):
         caller = pbx.phone_calls("101", "103")
-        answered_by(pbx, caller, "103")
+        pbx.answered_by(caller, "103")
         pbx.after(3)
         pbx.hangup(caller)
-    beeline_calls(pbx, 6)  # trunk named `trunk`: every call has its client leg
+    pbx.calls_in(6)  # trunk named `trunk`: every call has its client leg
     conversations, effects = pbx.run(CallTracker())
     assert len(conversations) == 6
     assert unmatched(effects) == []
