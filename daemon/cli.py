@@ -20,6 +20,7 @@ from daemon.settings import ConfigError
 # In the order a new user meets them (the order of `talkmeter --help`).
 COMMAND_MODULES = (
     "daemon.commands.demo",
+    "daemon.commands.check",
     "daemon.commands.watch",
     "daemon.commands.simulate",
     "daemon.commands.replay",
@@ -36,6 +37,7 @@ support contract in PostgreSQL, where accountants read it with plain SQL."""
 EPILOG = """\
 start here:
   talkmeter demo                       watch it measure recorded real calls (no PBX, no database)
+  talkmeter check --host PBX           is your PBX set up for it? one line per check, with the fix
   talkmeter watch --host PBX           measure your own PBX's calls live (TALKMETER_AMI_SECRET)
 set up the service:
   talkmeter migrate                    create the schema in TALKMETER_DATABASE_URL

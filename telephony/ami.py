@@ -429,6 +429,20 @@ class AmiLink:
         assert isinstance(result, Message)
         return result
 
+    async def send_list(
+        self, action: Mapping[str, object], *, within: float | None = None
+    ) -> tuple[Message, ...]:
+        """Send one list action (`CoreShowChannels`, `PJSIPShowEndpoints`...) and return its items.
+
+        Raises `ActionRefused` when the PBX answers with an error (`Permission denied`, an unknown
+        command when the module is not loaded).
+        """
+        if self._protocol is None or not self.connected:
+            raise NotConnected("no AMI session")
+        result = await self._request(self._protocol, action, is_list=True, within=within)
+        assert isinstance(result, tuple)
+        return result
+
     async def ping(self) -> Message:
         """A round trip: when it returns, everything the PBX sent before the reply is on the queue."""
         return await self.send_action({"Action": "Ping"}, within=self.config.ping_timeout)

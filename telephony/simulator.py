@@ -28,6 +28,14 @@ Faults on cue, for the connection tests: drop every connection (`drop_now`, `dro
 stall (stop sending and stop answering, TCP left open: a half-open link), refuse logins, refuse
 chosen actions (`deny_actions`, answered `Permission denied`), and split writes at chosen byte
 positions (`split_writes`) to put a multibyte character across two TCP reads.
+
+The manager.conf of the simulated user, for `talkmeter check`: `timestampevents` (False strips the
+`Timestamp` header from every event, as a default Asterisk sends them), `read` (the event classes
+the user may read: an event goes out only if one of its `Privilege` classes is readable, and
+`FullyBooted` only with `system`, as main/manager.c does), and what the PBX is: `ami_version` (the
+banner), `asterisk_version` (`CoreSettings`), and `endpoints` per driver (`PJSIPShowEndpoints`,
+`SIPpeers`; by default the endpoints of the trace's channel names; a driver that is not listed is
+not loaded and its action is an unknown command).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,10 +53,13 @@ from typing import Any
 import structlog
 
 from telephony.framing import BANNER_PREFIX, parse_frame
+from telephony.roles import endpoint_name
 
 log = structlog.get_logger("telephony.simulator")
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+_TIMESTAMP_LINE = re.compile(rb"\r\nTimestamp: [^\r]*")
+_PRIVILEGE = re.compile(rb"\r\nPrivilege: ([^\r]*)")
 _END = b"\r\n\r\n"
 _MARKER = b"#####"
 _BATCH = 256  # events per write when several are due at once (speed 0, bursts)
@@ -362,8 +374,17 @@ class AmiSimulator:
         drop_at_markers: bool = True,
         pause_after_drop: bool = True,
         start_on_login: bool = True,
+        timestampevents: bool = True,
+        read: Iterable[str] | None = None,
+        ami_version: str = "11.0.0",
+        asterisk_version: str = "22.10.1",
+        endpoints: dict[str, list[str]] | None = None,
     ) -> None:
         self.trace = trace
+        self.timestampevents = timestampevents
+        self.read = None if read is None else frozenset(read)  # None: read = all
+        self.ami_version, self.asterisk_version = ami_version, asterisk_version
+        self.endpoints = endpoints if endpoints is not None else trace_endpoints(trace)
         self.host, self.port = host, port
         self.user, self.secret = user, secret
         self.speed = speed
@@ -472,7 +493,9 @@ class AmiSimulator:
                     await asyncio.sleep(delay)
             self._trace_now = item.at
             self.state.apply(item)
-            self._batch.append(item.raw)
+            raw = self._as_sent(item.raw)
+            if raw is not None:
+                self._batch.append(raw)
             self.sent_events += 1
             cue = self.cues.get(self.sent_events)
             if cue is not None or len(self._batch) >= _BATCH:
@@ -527,6 +550,15 @@ class AmiSimulator:
                 await asyncio.sleep(self.split_pause)
             previous = cut
 
+    def _as_sent(self, raw: bytes) -> bytes | None:
+        """The event as this user gets it: None when its class is not readable; no Timestamp if off."""
+        if self.read is not None and "all" not in self.read:
+            privilege = _PRIVILEGE.search(raw)
+            classes = privilege.group(1).decode().split(",") if privilege else []
+            if classes and not self.read.intersection(c for c in classes if c != "all"):
+                return None
+        return raw if self.timestampevents else _TIMESTAMP_LINE.sub(b"", raw)
+
     def _set_ready(self, ready: bool) -> None:
         if self._grace is not None:
             self._grace.cancel()
@@ -558,7 +590,7 @@ class AmiSimulator:
             self._handlers.add(handler)
             handler.add_done_callback(self._handlers.discard)
         try:
-            client.write(BANNER)
+            client.write(f"Asterisk Call Manager/{self.ami_version}\r\n".encode())
             buffer = b""
             while not client.closed:
                 data = await reader.read(65536)
@@ -596,13 +628,22 @@ class AmiSimulator:
             client.write(_frame([("Response", "Success"), ("ActionID", action_id), ("Ping", "Pong"),
                                  ("Timestamp", f"{self.now():.6f}")]))  # fmt: skip
         elif action == "coreshowchannels":
-            self._send_list(client, action_id, "CoreShowChannels", "Channels will follow",
+            self._send_list(client, action_id, "CoreShowChannelsComplete", "Channels will follow",
                             self.state.core_show_channels(action_id, self.now()))  # fmt: skip
         elif action == "bridgelist":
-            self._send_list(client, action_id, "BridgeList", "Bridge listing will follow",
+            self._send_list(client, action_id, "BridgeListComplete", "Bridge listing will follow",
                             self.state.bridge_list(action_id))  # fmt: skip
+        elif action == "coresettings":
+            client.write(_frame([("Response", "Success"), ("ActionID", action_id),
+                                 ("AMIversion", self.ami_version), ("AsteriskVersion", self.asterisk_version),
+                                 ("SystemName", ""), ("CoreMaxCalls", "0")]))  # fmt: skip
+        elif action == "pjsipshowendpoints" and "PJSIP" in self.endpoints:
+            self._send_endpoints(client, action_id, "PJSIP")
+        elif action == "sippeers" and "SIP" in self.endpoints:
+            self._send_endpoints(client, action_id, "SIP")
         else:
-            message = f"Invalid/unknown command: {headers.get('action', '')}."
+            name = headers.get("action", "")
+            message = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
             client.write(_response("Error", action_id, message))
 
     def _on_login(self, client: _Client, headers: dict[str, str], action_id: str) -> None:
@@ -615,8 +656,9 @@ class AmiSimulator:
             client.close()
             return
         client.write(_response("Success", action_id, "Authentication accepted"))
-        client.write(_frame([("Event", "FullyBooted"), ("Privilege", "system,all"), ("Uptime", "1"),
-                             ("LastReload", "1"), ("Status", "Fully Booted")]))  # fmt: skip
+        if self.read is None or self.read & {"system", "all"}:
+            client.write(_frame([("Event", "FullyBooted"), ("Privilege", "system,all"), ("Uptime", "1"),
+                                 ("LastReload", "1"), ("Status", "Fully Booted")]))  # fmt: skip
         client.logged_in = True
         # The replay (re)starts once the client has asked its first question after login (its
         # resync, normally), or after a grace period: deterministic tests at any speed.
@@ -626,15 +668,48 @@ class AmiSimulator:
             self.start_replay()
 
     def _send_list(
-        self, client: _Client, action_id: str, action: str, message: str, items: list[bytes]
+        self, client: _Client, action_id: str, complete: str, message: str, items: list[bytes]
     ) -> None:
         client.write(_frame([("Response", "Success"), ("ActionID", action_id), ("EventList", "start"),
                              ("Message", message)]))  # fmt: skip
         for item in items:
             client.write(item)
-        complete = "CoreShowChannelsComplete" if action == "CoreShowChannels" else "BridgeListComplete"
         client.write(_frame([("Event", complete), ("ActionID", action_id), ("EventList", "Complete"),
                              ("ListItems", str(len(items)))]))  # fmt: skip
+
+    def _send_endpoints(self, client: _Client, action_id: str, driver: str) -> None:
+        """`PJSIPShowEndpoints` (res_pjsip/pjsip_configuration.c) or `SIPpeers` (chan_sip.c)."""
+        names = self.endpoints[driver]
+        if driver == "PJSIP" and not names:
+            client.write(_response("Error", action_id, "No endpoints found"))
+            return
+        if driver == "PJSIP":
+            items = [_frame([("Event", "EndpointList"), ("ActionID", action_id), ("ObjectType", "endpoint"),
+                             ("ObjectName", name), ("Transport", ""), ("Aor", name), ("Auths", ""),
+                             ("OutboundAuths", ""), ("Contacts", ""), ("DeviceState", "Not in use"),
+                             ("ActiveChannels", "")]) for name in names]  # fmt: skip
+            listing = (
+                "EndpointListComplete",
+                "A listing of Endpoints follows, presented as EndpointList events",
+            )
+        else:
+            items = [_frame([("Event", "PeerEntry"), ("ActionID", action_id), ("Channeltype", "SIP"),
+                             ("ObjectName", name), ("ChanObjectType", "peer"), ("IPaddress", "-none-"),
+                             ("IPport", "0"), ("Dynamic", "yes"), ("Status", "Unmonitored")])
+                     for name in names]  # fmt: skip
+            listing = ("PeerlistComplete", "Peer status list will follow")
+        self._send_list(client, action_id, listing[0], listing[1], items)
+
+
+def trace_endpoints(trace: Trace) -> dict[str, list[str]]:
+    """The chan_pjsip and chan_sip endpoints a trace's channels belong to (its PBX's configuration)."""
+    found: dict[str, dict[str, None]] = {}
+    for event in trace.events:
+        name = (event.headers or {}).get("Channel", "") if event.name == "Newchannel" else ""
+        driver = name.partition("/")[0]
+        if driver in {"PJSIP", "SIP"}:
+            found.setdefault(driver, {})[endpoint_name(name)] = None
+    return {driver: list(names) for driver, names in found.items()}
 
 
 def _action_headers(frame: bytes) -> dict[str, str]:

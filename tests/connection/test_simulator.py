@@ -83,6 +83,58 @@ async def test_wrong_secret_is_refused_and_the_connection_closed() -> None:
             assert await client.reader.read() == b""
 
 
+async def _events_as_received(sim: AmiSimulator, count: int) -> tuple[str, list[dict[str, str]]]:
+    """Banner and the first `count` frames after login, as a client with the simulated user gets them."""
+    async for client in connect(sim):
+        banner = (await client.reader.readline()).decode()
+        await client.login()
+        await client.send(Action="Ping", ActionID="start")  # starts the replay
+        return banner, [await client.read() for _ in range(count)]
+    raise AssertionError("no connection")
+
+
+async def test_a_default_manager_conf_sends_no_timestamp_and_only_readable_classes() -> None:
+    """`timestampevents = no` and `read = call`: no Timestamp header, no FullyBooted (class system)."""
+    trace = simple_trace(
+        frame(Event=name, Privilege=f"{kind},all", Timestamp=stamp, Uniqueid="1")
+        for name, kind, stamp in (("Newchannel", "call", "1.5"), ("VarSet", "dialplan", "1.6"),
+                                  ("Hangup", "call", "1.7"))
+    )  # fmt: skip
+    async with AmiSimulator(trace, secret=SECRET, speed=0, timestampevents=False, read={"call"},
+                            ami_version="2.10.6") as sim:  # fmt: skip
+        banner, frames = await _events_as_received(sim, 3)
+    assert banner == "Asterisk Call Manager/2.10.6\r\n"
+    pong, *events = frames
+    assert pong["Ping"] == "Pong" and "Timestamp" in pong  # Asterisk stamps Ping answers regardless
+    assert [(e["Event"], "Timestamp" in e) for e in events] == [("Newchannel", False), ("Hangup", False)]
+
+
+async def test_settings_and_endpoint_lists_as_asterisk_answers_them() -> None:
+    async with AmiSimulator(simple_trace([]), secret=SECRET, endpoints={"SIP": ["beeline", "101"]},
+                            asterisk_version="13.38.3") as sim:  # fmt: skip
+        async for client in connect(sim):
+            await client.reader.readline()
+            await client.login()
+            await client.read_until("FullyBooted")
+            await client.send(Action="CoreSettings", ActionID="s")
+            settings = await client.read()
+            await client.send(Action="SIPpeers", ActionID="p")
+            peers = await client.read_until("PeerlistComplete")
+            await client.send(Action="PJSIPShowEndpoints", ActionID="e")
+            unknown = await client.read()
+    assert (settings["AsteriskVersion"], settings["AMIversion"]) == ("13.38.3", "11.0.0")
+    assert peers[0] == {"Response": "Success", "ActionID": "p", "EventList": "start",
+                        "Message": "Peer status list will follow"}  # fmt: skip
+    assert [(m["Channeltype"], m["ObjectName"]) for m in peers[1:-1]] == [("SIP", "beeline"), ("SIP", "101")]
+    assert peers[-1]["ListItems"] == "2"
+    assert unknown["Message"].startswith("Invalid/unknown command: PJSIPShowEndpoints.")
+
+
+async def test_endpoints_default_to_those_of_the_trace() -> None:
+    async with AmiSimulator(load_trace(TRACES / "attended_transfer.ami"), secret=SECRET) as sim:
+        assert sim.endpoints == {"PJSIP": ["trunk", "101", "102", "103"]}  # the queue rang 103 too
+
+
 def _trace_until(name: str, stop_after: str, occurrence: int = 1) -> Trace:
     """The recorded trace up to (and including) the n-th event named `stop_after`."""
     items, seen = [], 0

@@ -328,7 +328,8 @@ class Pbx:
         """What a client that logged in before the first event received: banner, login answer, events."""
         banner = f"Asterisk Call Manager/{AMI_VERSIONS[self.shape.asterisk]}\r\n".encode()
         login = b"Response: Success\r\nMessage: Authentication accepted\r\n\r\n"
-        return banner + login + b"".join(self.frames())
+        booted = b"Event: FullyBooted\r\nPrivilege: system,all\r\nStatus: Fully Booted\r\n\r\n"
+        return banner + login + booted + b"".join(self.frames())
 
     # --- playing it
     def run(self, tracker: CallTracker | None = None) -> tuple[list[Conversation], list[Effect]]:
