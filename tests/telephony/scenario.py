@@ -46,7 +46,8 @@ class Shape:
     """How one Asterisk version and one channel driver write a call."""
 
     asterisk: int = 22
-    driver: str = "PJSIP"  # PJSIP | SIP | IAX2 | DAHDI: the technology of trunks and phones
+    driver: str = "PJSIP"  # PJSIP | SIP | IAX2 | DAHDI: the technology of the trunks
+    phones: str = ""  # the technology of the phones, when not the trunks' (E1 lines, SIP phones)
     timestamps: bool = True
     trunk: str = "trunk"  # the carrier's endpoint / peer name
     system_name: str = ""
@@ -56,6 +57,10 @@ class Shape:
     def born_ringing(self) -> bool:
         """Whether an inbound channel's Newchannel already says Ring (all but chan_sip)."""
         return self.driver != "SIP"
+
+    @property
+    def phone_driver(self) -> str:
+        return self.phones or self.driver
 
     def __str__(self) -> str:
         stamps = "stamped" if self.timestamps else "no-timestamps"
@@ -72,6 +77,8 @@ SHAPES = (
     Shape(13, "PJSIP", timestamps=False),
     Shape(20, "PJSIP", timestamps=True, tenant="support"),
     PJSIP_22,
+    Shape(18, "DAHDI", phones="SIP", timestamps=False),
+    Shape(16, "IAX2", phones="SIP", timestamps=True, trunk="provider"),
 )
 
 
@@ -113,10 +120,10 @@ class Pbx:
         self.emit("Newchannel", chan)
         return chan
 
-    def name(self, endpoint: str) -> str:
-        """A fresh channel name for `endpoint` as the shape's driver writes it."""
+    def name(self, endpoint: str, driver: str = "") -> str:
+        """A fresh channel name for `endpoint` as the driver (the trunks', by default) writes it."""
         n = next(self._channel_ids)
-        driver = self.shape.driver
+        driver = driver or self.shape.driver
         if driver == "IAX2":
             return f"IAX2/{endpoint}-{n}"
         if driver == "DAHDI":
@@ -134,8 +141,8 @@ class Pbx:
 
     def phone_calls(self, endpoint: str, exten: str) -> Chan:
         """A consultant's phone places a call: its channel runs the dialplan, like an inbound one."""
-        name = self.name(endpoint)
-        if self.shape.born_ringing:
+        name = self.name(endpoint, self.shape.phone_driver)
+        if self.shape.phone_driver != "SIP":
             return self.channel(name, "Ring", endpoint, exten, "from-internal")
         chan = self.channel(name, "Down", endpoint, exten, "from-internal")
         self.state(chan, "Ring")
@@ -143,7 +150,9 @@ class Pbx:
 
     def phone(self, endpoint: str) -> Chan:
         """A consultant's phone channel being dialled (born Down)."""
-        return self.channel(self.name(endpoint), "Down", endpoint, endpoint, "from-internal")
+        return self.channel(
+            self.name(endpoint, self.shape.phone_driver), "Down", endpoint, endpoint, "from-internal"
+        )
 
     def outbound(self, caller: Chan | None, number: str = "+74957654321") -> Chan:
         """A call out through the trunk: the dialled channel, its caller id, then the DialBegin.

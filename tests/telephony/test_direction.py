@@ -13,7 +13,8 @@ headers. `OriginateResponse` comes only after the answer, so it decides nothing 
 not already.
 
 Every scenario runs in each shape of `scenario.SHAPES` (chan_sip on 13, 16, 18 and 20, with and
-without timestamps; chan_pjsip on 13, 20 and 22).
+without timestamps; chan_pjsip on 13, 20 and 22; an E1 through DAHDI and an IAX2 trunk with SIP
+phones).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ CLIENT = "+74951234567"
 
 def roles_for(shape: Shape) -> ChannelRoles:
     """Patterns a support firm would configure for the shape's trunk (its own name)."""
-    trunk = "DAHDI/*" if shape.driver == "DAHDI" else f"{shape.driver}/{shape.trunk}-*"
-    return ChannelRoles(trunks=(trunk,), consultants=(f"{shape.driver}/*",))
+    trunk = "DAHDI/i*" if shape.driver == "DAHDI" else f"{shape.driver}/{shape.trunk}-*"
+    return ChannelRoles(trunks=(trunk,), consultants=(f"{shape.phone_driver}/*",))
 
 
 def tracker(shape: Shape, debounce: float = 1.0) -> CallTracker:
