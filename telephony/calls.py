@@ -640,7 +640,7 @@ class CallTracker:
         clients = self._clients_near(touched)
         change()
         clients |= self._clients_near([uid for uid in touched if uid in self._channels])
-        cause = frozenset(touched)
+        cause = frozenset(touched) if clients else frozenset()
         for uniqueid in sorted(clients):
             self._update_connectivity(uniqueid, at, effects, cause, moved)
 
@@ -719,8 +719,14 @@ class CallTracker:
         """Count bridged calls where consultants meet suspect channels and no client; speak up at
         `UNMATCHED_CALLS`, once per new pattern."""
         bridge_id = entered.bridge
-        if bridge_id is None or bridge_id in self._suspect_calls:
+        if entered.role is Role.CLIENT or bridge_id is None or bridge_id in self._suspect_calls:
             return
+        bridge = self._bridges[bridge_id]
+        channels = self._channels
+        if bridge.holding or len(bridge.members) < 2:
+            return  # nobody to talk to (yet)
+        if any(channels[uid].role is Role.CLIENT for uid in bridge.members if uid in channels):
+            return  # the usual case, decided without a walk: a client is right there
         members = list(self._component([entered.uniqueid]))
         if any(channel.role is Role.CLIENT for channel in members):
             return
