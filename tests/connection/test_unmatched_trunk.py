@@ -43,7 +43,7 @@ def warnings_in(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_replay_prints_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capture = tmp_path / "beeline.ami"
     capture.write_bytes(beeline_pbx().capture())
-    assert main(["replay", str(capture), "--dry-run"]) == 0
+    assert main(["replay", str(capture), "--dry-run", "--json"]) == 0
     out, err = capsys.readouterr()
     assert out == ""  # nothing measured, as before, but now it says why
     (warning,) = [line for line in err.splitlines() if "bridged calls had consultants" in line]
@@ -100,7 +100,7 @@ def test_the_right_pattern_measures_the_calls(tmp_path: Path, capsys: pytest.Cap
     capture.write_bytes(beeline_pbx().capture())
     config = tmp_path / "talkmeter.toml"
     config.write_text('trunk_channels = ["SIP/beeline-*"]\n')
-    assert main(["replay", str(capture), "--dry-run", "--config", str(config)]) == 0
+    assert main(["replay", str(capture), "--dry-run", "--json", "--config", str(config)]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 6
     assert "bridged calls had consultants" not in err
