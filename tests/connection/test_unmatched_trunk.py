@@ -16,15 +16,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.cli import main
-from daemon.live import Pipeline
 from daemon.service import serve
 from daemon.settings import Settings
 from telephony.effects import Anomaly, Effect
 from telephony.simulator import AmiSimulator, events_trace
 from tests.telephony.scenario import Pbx, Shape
 
-from .helpers import GUARD, SECRET, RecordingSleep
-from .test_pipeline import settings_for
+from .helpers import GUARD, SECRET
+from .test_pipeline import measure
 
 BEELINE = Shape(13, "SIP", timestamps=False, trunk="beeline")
 PATTERN = '"SIP/beeline-*" to trunk_channels'
@@ -54,20 +53,8 @@ def test_replay_prints_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[s
 async def test_watch_logs_one_warning() -> None:
     """`watch` (and `demo`) run this pipeline: one warning line, however many calls follow."""
     async with AmiSimulator(events_trace(beeline_pbx(12).frames()), secret=SECRET, speed=0) as sim:
-        found: list[dict[str, Any]] = []
-
-        async def collect(conversation: dict[str, Any]) -> None:
-            found.append(conversation)
-
-        pipeline = Pipeline(settings_for(sim.port), collect, sleep=RecordingSleep())
-        stop = asyncio.Event()
         with capture_logs() as logs:
-            task = asyncio.create_task(pipeline.run(stop))
-            async with asyncio.timeout(GUARD):
-                await sim.finished.wait()
-                await pipeline.settle()
-                stop.set()
-                await task
+            found = await measure(sim)
     assert found == []
     (warning,) = warnings_in(logs)
     assert warning["log_level"] == "warning"

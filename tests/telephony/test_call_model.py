@@ -62,30 +62,6 @@ def test_queue_member_behind_local_channels_without_optimisation() -> None:
     assert conversation.consultants == ["101"]
 
 
-def test_local_optimisation_swaps_channels_without_splitting_talk() -> None:
-    pbx = Pbx()
-    client = pbx.client_calls()
-    pbx.answer(client)
-    one_half, two_half = pbx.local_pair("Local/101@agents-00000001")
-    agent = pbx.consultant("101", 3)
-    pbx.answer(agent, two_half, one_half)
-    agent_bridge = pbx.bridge()
-    pbx.enter(agent_bridge, agent, two_half)
-    client_bridge = pbx.bridge()
-    pbx.enter(client_bridge, one_half, client)
-    pbx.after(4)
-    # Optimisation: the agent leaves its bridge and takes ;1's place in the client's bridge.
-    pbx.leave(agent_bridge, agent)
-    pbx.after(0.000_05)
-    pbx.enter(client_bridge, agent, swap=one_half)
-    pbx.leave(client_bridge, one_half)
-    pbx.hangup(one_half, two_half)
-    pbx.after(6)
-    pbx.hangup(agent, client)
-    conversation = one(pbx.events)
-    assert shape(conversation) == [("101", 10.0, False)]
-
-
 def test_two_attended_transfers_chain_local_pairs() -> None:
     pbx = Pbx()
     client = pbx.client_calls()
