@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from telephony.calls import CallTracker
+from telephony.calls import CallTracker, Snapshot
 from telephony.effects import ConversationStarted
 from telephony.roles import ChannelRoles
 
@@ -350,3 +350,30 @@ def test_internal_calls_and_measured_calls_are_not_reported() -> None:
     conversations, effects = pbx.run(CallTracker())
     assert len(conversations) == 6
     assert unmatched(effects) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "application", "data", "direction"),
+    [
+        ("Ring", "Queue", "support", "inbound"),  # still ringing in
+        ("Up", "Queue", "support", "inbound"),  # runs the dialplan
+        ("Up", "AppDial", "(Outgoing Line)", "outbound"),  # dialled by Dial
+        ("Up", "AppQueue", "(Outgoing Line)", "outbound"),  # a queue member that is a trunk
+        ("Ringing", "AppDial2", "(Outgoing Line)", "outbound"),  # dialled by an Originate
+    ],
+)
+def test_a_call_first_seen_in_the_snapshot_is_judged_by_what_it_runs(
+    state: str, application: str, data: str, direction: str
+) -> None:
+    """After a reconnect the creation is gone; CoreShowChannel's Application/ApplicationData tell a
+    dialled channel (`(Outgoing Line)`, set by app_dial, the dial API and app_queue) from a caller."""
+    pbx = Pbx(shape=SHAPES[0])
+    chan = pbx.channel(pbx.name("beeline"), state, "84951234567", DID, "from-trunk")
+    item = pbx.snapshot_item(chan, application=application)
+    item.headers["ApplicationData"] = data
+    model = tracker(pbx.shape)
+    model.resync(Snapshot(pbx.now, [item]))
+    (conversation,) = model.open_conversations
+    assert conversation.direction == direction
+    assert conversation.line == (DID if direction == "inbound" else None)
+    assert conversation.estimated
