@@ -172,6 +172,7 @@ class _Bridge:
 class _Optimisation:
     """A Local pair being optimised away, between LocalOptimizationBegin and End."""
 
+    halves: tuple[str, str]  # uniqueids of `;1` and `;2`
     bridges: tuple[str, ...]  # the halves' bridges when it began
     moving: tuple[str, ...]  # the halves, the source (a swap), the members of `bridges` at the start
 
@@ -460,7 +461,7 @@ class CallTracker:
             if bridge is not None and not bridge.holding:
                 bridges.append(bridge.bridge_id)
                 moving.update(bridge.members)
-        optimisation = _Optimisation(tuple(bridges), tuple(moving))
+        optimisation = _Optimisation(halves, tuple(bridges), tuple(moving))
         participants = self._participants(optimisation)
 
         def begin() -> None:
@@ -678,7 +679,7 @@ class CallTracker:
     def _drop_finished_optimisations(self, gone: str) -> None:
         # Without a LocalOptimizationEnd (filtered out), an optimisation is over when its pair is gone.
         for op_id, optimisation in list(self._optimising.items()):
-            halves = optimisation.moving[:2]
+            halves = optimisation.halves
             if gone in halves and not any(half in self._channels for half in halves):
                 del self._optimising[op_id]
 
