@@ -249,6 +249,9 @@ async def _ask(link: AmiLink, observations: Observations) -> None:
         except ActionTimeout:
             observations.answers[action] = f"no answer within {link.config.action_timeout:g} s"
             continue
+        except AmiError as error:  # the session ended under us
+            observations.answers[action] = f"no answer ({error or type(error).__name__})"
+            continue
         observations.answers[action] = "ok"
         for item in items:
             observations.listed(item)

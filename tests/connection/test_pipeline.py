@@ -169,8 +169,9 @@ async def test_no_timestamp_trace_is_replayed_with_its_sidecar_timing() -> None:
     (conversation,) = found
     (expected,) = truth("no-timestamps/inbound_answered")
     assert conversation["consultants"] == ["101"]
-    assert conversation["talk_seconds"] == pytest.approx(expected["talk_seconds"], abs=0.2)
-    assert conversation["wait_seconds"] == pytest.approx(expected["wait_seconds"], abs=0.2)
+    # Arrival jitter is multiplied by the speed, hence 0.5 s; a clock pulled back costs ~2 s here.
+    assert conversation["talk_seconds"] == pytest.approx(expected["talk_seconds"], abs=0.5)
+    assert conversation["wait_seconds"] == pytest.approx(expected["wait_seconds"], abs=0.5)
 
 
 async def test_call_that_ends_during_an_outage_is_closed_as_estimated() -> None:
