@@ -25,6 +25,17 @@ shape changes was read in Asterisk's own sources (13.38, 16.30, 18.26, 20.20, 22
   (Reserved for DAHDI PRI) and only ever goes Ringing (5) and Up (6), never Ring;
 * channel names: `PJSIP/<endpoint>-%08x`, `SIP/<peer>-%08x`, `IAX2/<peer>-<callno>`,
   `DAHDI/i<span>/<number>-<hex>` (chan_dahdi.c, `create_channel_name`).
+
+Per version, what differs in the events the call model reads (everything else above is the same
+from 13 to 22, fields in the same order):
+
+| Asterisk | AMI banner | differences |
+| --- | --- | --- |
+| 13 | 2.x | no `BridgeVideoSourceMode` before 13.13; `Newexten` in class `call` (later `dialplan`) |
+| 16 | 5.x | `BridgeVideoSourceMode` in every bridge block |
+| 18 | 7.x | `Tenantid` from 18.25 when set; event filters by name from 18.26 |
+| 20 | 9.x | `Tenantid` from 20.10 when set; filters by name from 20.11; the last with chan_sip |
+| 22 | 11.x | no chan_sip; filters by name from 22.1 |
 """
 
 from __future__ import annotations
