@@ -63,12 +63,25 @@ _LIST_ITEMS = {"CoreShowChannel", "EndpointList", "PeerEntry"}
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("check", help="check that the PBX is set up for a correct measurement")
+    parser = subparsers.add_parser(
+        "check",
+        help="is your PBX set up for talkmeter? one line per check, with what to do",
+        description="Logs in to the PBX with the configured settings and checks what a correct measurement "
+        "needs: login, version, read classes, timestampevents, the channel and bridge lists, and which "
+        "channels and endpoints would be clients or consultants. Make a test call while it listens. "
+        "Exit code 0 only when every check passed. With --trace, the same on a recorded capture.",
+    )
     parser.add_argument("--host", help="AMI host (default from configuration: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="AMI port (default 5038)")
     parser.add_argument("--user", help="AMI user (manager.conf section)")
-    parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--listen", type=float, default=10.0, help="seconds to wait for calls (default 10)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--listen",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for calls (default 10)",
+    )
     parser.add_argument("--trace", type=Path, help="check a recorded capture (.ami) instead of the PBX")
     parser.add_argument("--timing", type=Path, help="receive-time sidecar of --trace (default: TRACE.timing)")
     parser.set_defaults(func=run)
@@ -110,8 +123,7 @@ class Observations:
     listened: float = 0.0
     listed_channels: int = 0
     answers: dict[str, str] = field(default_factory=dict)  # list action -> "ok" or why not
-    conversations: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    conversations: list[dict[str, Any]] = field(default_factory=list)  # measured while checking
     _created: set[str] = field(default_factory=set)
     _hung_up: set[str] = field(default_factory=set)
     first_at: float | None = None  # time of the first call event
@@ -160,11 +172,7 @@ class Observations:
         self._effects(self.tracker.close_all())
 
     def _effects(self, effects: list[Effect]) -> None:
-        for effect in effects:
-            if isinstance(effect, ConversationEnded):
-                self.conversations.append(effect.conversation.to_json())
-            elif getattr(effect, "kind", "") == "unmatched_channels":
-                self.warnings.append(getattr(effect, "detail", ""))
+        self.conversations += [e.conversation.to_json() for e in effects if isinstance(e, ConversationEnded)]
 
 
 def _new_observations(where: str, live: bool, settings: Settings) -> Observations:

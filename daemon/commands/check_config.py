@@ -59,4 +59,3 @@ def shown_value(name: str, value: Any) -> str:
     if isinstance(value, Path):
         return str(value)
     return json.dumps(value, ensure_ascii=False)
-
