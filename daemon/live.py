@@ -13,11 +13,13 @@ on a gap that an event still in the queue would have closed: when the queue is e
 link's event clock (the PBX's `Timestamp`s plus elapsed time), otherwise the time of the last
 applied event.
 
-Supervision: if either task ends or fails, everything stops and the failure is raised. Stopping
-(the `stop` event) is graceful and bounded: the link logs off (no new work), the consumer drains the
-queue for at most `grace` seconds, open conversations are closed as estimated at their last known
-moment (`close_all`) and handed over, or, with `on_stop`, handed to it to checkpoint, and then
-anything left is cancelled.
+Supervision (daemon.supervision): if either task ends or fails, everything stops and the failure is
+raised as `TaskDied`. Stopping (the `stop` event) is graceful and bounded: the link logs off (no new
+work), the consumer drains the queue for at most `grace` seconds, open conversations are closed as
+estimated at their last known moment (`close_all`) and handed over, or, with `on_stop`, handed to
+it to checkpoint, and then anything left is cancelled; a task that does not obey the cancel within
+`CANCEL_SECONDS` is named in `StopForced`. No `asyncio.wait_for` here: in Python 3.11 it can swallow
+a cancel (see telephony.ami `_wait`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import structlog
 
 from daemon.metrics import Metrics
 from daemon.settings import Settings
+from daemon.supervision import StopForced, cancel_within, first_death
 from telephony.ami import (
     AmiLink,
     EventClock,
@@ -54,6 +57,7 @@ OnConversation = Callable[[dict[str, Any]], Awaitable[None]]
 OnEffect = Callable[[Effect], None]
 OnStop = Callable[[CallTracker, float], Awaitable[None]]
 TICK_SECONDS = 1.0
+CANCEL_SECONDS = 1.0  # how long a cancelled task may take to end before the stop is forced
 
 
 class Pipeline:
@@ -94,22 +98,21 @@ class Pipeline:
         self._position = float("-inf")  # time of the last applied event
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set (graceful, bounded) or a task dies (`TaskDied` names it)."""
         link = asyncio.create_task(self.link.run(), name="ami-link")
         consumer = asyncio.create_task(self._consume(), name="call-consumer")
-        stopping = asyncio.create_task(stop.wait(), name="stop-wait")
-        tasks = {link, consumer, stopping}
+        tasks = [link, consumer]
+        death = None
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if stopping not in done:
-                failed = next(iter(done))
-                error = failed.exception()
-                log.error("pipeline.task_stopped", task=failed.get_name(), error=repr(error))
-                raise error or RuntimeError(f"task {failed.get_name()} ended on its own")
-            await self._stop_gracefully(link, consumer)
+            death = await first_death(tasks, stop)
+            if death is None:
+                await self._stop_gracefully(link, consumer)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            stuck = await cancel_within(tasks, CANCEL_SECONDS)
+            if stuck:
+                raise StopForced(stuck, death)
+        if death is not None:
+            raise death
 
     async def settle(self) -> None:
         """Wait until everything the PBX has sent so far is applied (a ping round trip, then the queue)."""
@@ -122,21 +125,21 @@ class Pipeline:
         log.info("pipeline.stopping", queue_depth=self.link.queue_depth)
         self.link.close()
         deadline = time.monotonic() + self.grace
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(link), self.grace)
+        await asyncio.wait([link], timeout=self.grace)
         try:
-            await asyncio.wait_for(self.link.queue.join(), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.link.queue.join()
         except TimeoutError:
             log.warning("pipeline.drain_timeout", left=self.link.queue_depth)
-        consumer.cancel()
-        await asyncio.gather(consumer, return_exceptions=True)
+        if await cancel_within([consumer], CANCEL_SECONDS):
+            raise StopForced(["call-consumer"])
         remaining = max(0.1, deadline - time.monotonic())
-        if self.on_stop is not None:
-            finishing = self.on_stop(self.tracker, self.link.clock.now())
-        else:
-            finishing = self._handle_all(self.tracker.close_all())
         try:
-            await asyncio.wait_for(finishing, remaining)
+            async with asyncio.timeout(remaining):
+                if self.on_stop is not None:
+                    await self.on_stop(self.tracker, self.link.clock.now())
+                else:
+                    await self._handle_all(self.tracker.close_all())
         except TimeoutError:
             log.warning("pipeline.close_timeout")
         log.info("pipeline.stopped", applied=self.applied)
@@ -210,7 +213,8 @@ async def _next_item(queue: asyncio.Queue[Item], wait: float) -> Item | None:
     except asyncio.QueueEmpty:
         pass
     try:
-        return await asyncio.wait_for(queue.get(), wait)
+        async with asyncio.timeout(wait):
+            return await queue.get()
     except TimeoutError:
         return None
 

@@ -45,14 +45,15 @@ from daemon import systemd
 from daemon.live import OnEffect, Pipeline, stop_on_signals
 from daemon.metrics import STALL_SECONDS, HealthState, Metrics
 from daemon.settings import ConfigError, Settings
+from daemon.supervision import StopForced, cancel_within, first_death
 from daemon.writer import ConversationWriter, FatalStorageError, Spool
 from telephony.ami import AmiLink
 from telephony.calls import CallTracker
 
 log = structlog.get_logger("daemon.service")
 
-CHECKPOINT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
+STOP_CANCEL_SECONDS = 3.0  # a cancelled task that has not ended after this is left behind (forced stop)
 _TRANSIENT = (RetryableStorageError, OSError, TimeoutError, asyncpg.PostgresConnectionError)
 
 
@@ -116,6 +117,7 @@ class Checkpoints:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "open.json"
+        self.temporary = self.path.with_suffix(".tmp")
 
     def load(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -128,12 +130,11 @@ class Checkpoints:
         return list(saved)
 
     def save(self, saved: list[dict[str, Any]]) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
+        with self.temporary.open("w", encoding="utf-8") as handle:
             json.dump(saved, handle, ensure_ascii=False)
             handle.flush()
             os.fsync(handle.fileno())
-        temporary.replace(self.path)
+        self.temporary.replace(self.path)
 
 
 class TaskDeaths:
@@ -164,8 +165,9 @@ async def serve(
     stop_grace: float = STOP_GRACE_SECONDS,
     metrics: Metrics | None = None,
 ) -> None:
-    """Run the service until `stop` is set or a task fails (its error is raised).
+    """Run the service until `stop` is set, or until a task dies (`TaskDied` is raised, naming it).
 
+    Every way out is bounded: a task that does not end when cancelled is named in `StopForced`.
     `on_effect` sees every live effect of the call model (the hook for live alerts, and for tests).
     """
     metrics = metrics or Metrics.with_process_metrics()
@@ -182,8 +184,12 @@ async def serve(
     writer.resume()
 
     async def checkpoint_at_stop(tracker: CallTracker, now: float) -> None:
-        checkpoints.save(tracker.checkpoint(now))
+        try:
+            checkpoints.save(tracker.checkpoint(now))
+        except OSError as error:
+            log.error("checkpoint.failed", error=repr(error))
 
+    stopping = asyncio.Event()  # the pipeline's stop: set by `stop`, or by a task's death
     pipeline = Pipeline(
         settings,
         writer.submit,
@@ -192,31 +198,40 @@ async def serve(
         on_effect=on_effect,
         metrics=metrics,
     )
-    metrics.writer_stalled.set_function(writer.stalled_for)
-    metrics.healthy.set_function(lambda: float(health(pipeline.link, writer).healthy))
-    if settings.metrics_port is not None:
-        _serve_metrics(settings, metrics, lambda: health(pipeline.link, writer))
+    _report_health(settings, metrics, pipeline, writer)
     tasks = [
-        asyncio.create_task(pipeline.run(stop), name="pipeline"),
+        asyncio.create_task(pipeline.run(stopping), name="pipeline"),
         asyncio.create_task(writer.run(), name="writer"),
-        asyncio.create_task(_checkpoint_forever(pipeline, checkpoints), name="checkpointer"),
+        asyncio.create_task(
+            _checkpoint_forever(pipeline, checkpoints, settings.checkpoint_interval), name="checkpointer"
+        ),
     ]
     watchdog = systemd.watchdog_interval()
     if watchdog is not None:
         tasks.append(asyncio.create_task(_watchdog_forever(writer, watchdog), name="watchdog"))
     systemd.notify("READY=1")
     log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
+    death = None
+    stuck: list[str] = []
     try:
-        await _supervise(tasks, writer, stop_grace, deaths)
-    finally:
+        death = await first_death(tasks, stop)
+        if death is not None:
+            log.error("service.task_died", task=death.task, error=repr(death.error))
+            deaths.record(death.task)
         systemd.notify("STOPPING=1")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stopping.set()
+        await _wind_down(tasks, writer, pipeline.grace, stop_grace)
+    finally:
+        stuck = await cancel_within(tasks, STOP_CANCEL_SECONDS) + _forced_inside(tasks)
         await database.close()
         if metrics.server is not None:
             metrics.server.close()
         log.info("service.stopped", written=writer.written, left_in_spool=writer.backlog)
+    if stuck:
+        log.error("service.stop_forced", tasks=stuck, hint="exiting at once; systemd restarts the service")
+        raise StopForced(stuck, death)
+    if death is not None:
+        raise death
 
 
 def health(link: AmiLink, writer: ConversationWriter) -> HealthState:
@@ -231,6 +246,15 @@ def health(link: AmiLink, writer: ConversationWriter) -> HealthState:
     return HealthState(True, "ok")
 
 
+def _report_health(
+    settings: Settings, metrics: Metrics, pipeline: Pipeline, writer: ConversationWriter
+) -> None:
+    metrics.writer_stalled.set_function(writer.stalled_for)
+    metrics.healthy.set_function(lambda: float(health(pipeline.link, writer).healthy))
+    if settings.metrics_port is not None:
+        _serve_metrics(settings, metrics, lambda: health(pipeline.link, writer))
+
+
 def _serve_metrics(settings: Settings, metrics: Metrics, check: Callable[[], HealthState]) -> None:
     host, port = settings.metrics_host, settings.metrics_port or 0
     try:
@@ -242,27 +266,31 @@ def _serve_metrics(settings: Settings, metrics: Metrics, check: Callable[[], Hea
     log.info("metrics.listening", host=host, port=server.port, paths=["/metrics", "/healthz"])
 
 
-async def _supervise(
-    tasks: list[asyncio.Task[None]], writer: ConversationWriter, grace: float, deaths: TaskDeaths
-) -> None:
-    pipeline = tasks[0]
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    failed = [task for task in done if task is not pipeline or task.exception() is not None]
-    if failed:
-        error = failed[0].exception()
-        log.error("service.task_died", task=failed[0].get_name(), error=repr(error))
-        deaths.record(failed[0].get_name())
-        raise error or RuntimeError(f"task {failed[0].get_name()} ended on its own")
-    # The pipeline finished because `stop` was set: give the writer a bounded time to commit.
-    if not await writer.drain(grace):
+async def _wind_down(tasks: list[asyncio.Task[None]], writer: ConversationWriter, grace: float,
+                     stop_grace: float) -> None:  # fmt: skip
+    """Let the pipeline stop gracefully (it checkpoints), then give the writer time to commit."""
+    pipeline, writing = tasks[0], tasks[1]
+    # The pipeline's own stop is bounded by `grace`; this bound is for one that does not obey.
+    await asyncio.wait([pipeline], timeout=grace + 2 * STOP_CANCEL_SECONDS)
+    if not writing.done() and not await writer.drain(stop_grace):
         log.warning("service.writer_not_drained", left_in_spool=writer.backlog)
 
 
-async def _checkpoint_forever(pipeline: Pipeline, checkpoints: Checkpoints) -> None:
+def _forced_inside(tasks: list[asyncio.Task[None]]) -> list[str]:
+    """Tasks that a supervised task of ours could not stop (it raised `StopForced` naming them)."""
+    return [
+        name
+        for task in tasks
+        if task.done() and not task.cancelled() and isinstance(task.exception(), StopForced)
+        for name in task.exception().tasks  # type: ignore[union-attr]
+    ]
+
+
+async def _checkpoint_forever(pipeline: Pipeline, checkpoints: Checkpoints, interval: float) -> None:
     # Only while the link is up: a checkpoint claims "this is how the calls were at `at`", and
     # during an outage we do not know that. The previous one stays until we know again.
     while True:
-        await asyncio.sleep(CHECKPOINT_SECONDS)
+        await asyncio.sleep(interval)
         if pipeline.link.connected:
             checkpoints.save(pipeline.tracker.checkpoint(pipeline.link.clock.now()))
 

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     # Storage
     database_url: SecretStr | None = None
     spool_dir: Path = Path("/var/lib/talkmeter")
+    checkpoint_interval: float = Field(5.0, gt=0)
     # Running
     log_level: str = "info"
     metrics_port: int | None = Field(None, ge=0, le=65535)  # 0: any free port (tests)

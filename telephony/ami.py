@@ -494,7 +494,8 @@ class AmiLink:
     async def _connect(self) -> AmiProtocol:
         loop = asyncio.get_running_loop()
         connecting = loop.create_connection(lambda: AmiProtocol(self), self.config.host, self.config.port)
-        _transport, protocol = await asyncio.wait_for(connecting, self.config.action_timeout)
+        async with asyncio.timeout(self.config.action_timeout):  # not wait_for: see `_wait`
+            _transport, protocol = await connecting
         return protocol
 
     async def _login(self, protocol: AmiProtocol) -> None:
@@ -535,7 +536,13 @@ class AmiLink:
         finally:
             for task in [*helpers, stopping]:
                 task.cancel()
-            await asyncio.gather(*helpers, stopping, return_exceptions=True)
+            # Bounded: nothing may keep a session (and the service above it) from ending.
+            ended, stuck = await asyncio.wait([*helpers, stopping], timeout=self.config.action_timeout)
+            for task in ended:  # the keepalive's failure is logged above
+                if task is not keepalive and not task.cancelled() and task.exception() is not None:
+                    log.error("ami.task_failed", task=task.get_name(), error=repr(task.exception()))
+            if stuck:
+                log.error("ami.task_stuck", tasks=sorted(task.get_name() for task in stuck))
             protocol.abort("link closed")
         if time.monotonic() - started >= self.config.reconnect_max:
             self._backoff.reset()  # a session that lived long is not a flapping one
@@ -624,11 +631,15 @@ class AmiLink:
         return await self._wait(protocol, pending, self.config.action_timeout if within is None else within)
 
     async def _wait(self, protocol: AmiProtocol, pending: _Pending, limit: float) -> Result:
-        try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), limit)
-        except TimeoutError:
+        # Not `wait_for`: in Python 3.11 it returns the result instead of raising when the cancel and
+        # the answer arrive in the same loop iteration, and a keepalive that swallowed its cancel
+        # pinged on for ever while the session waited for it (the service hang). `asyncio.wait`
+        # always lets a cancel through, and never cancels the future other callbacks share.
+        done, _ = await asyncio.wait({pending.future}, timeout=limit)
+        if not done:
             protocol.forget(pending)
-            raise ActionTimeout(f"{pending.name}: no answer in {limit:g} s") from None
+            raise ActionTimeout(f"{pending.name}: no answer in {limit:g} s")
+        return pending.future.result()
 
     async def _pause(self, delay: float) -> None:
         # Defect 5: close() interrupts the wait before a reconnect.

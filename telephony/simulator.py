@@ -11,7 +11,10 @@ The simulator plays the part of the PBX, not of a tape recorder: there is one ti
 "replay"), and it runs whether or not anybody listens. A client that is logged in receives the
 events emitted while it is; what happens while it is away is lost, exactly as with Asterisk. So
 that tests are deterministic, the replay starts when the first client logs in, and after a drop it
-waits for the next login (`pause_after_drop`) before going on.
+waits for the next login (`pause_after_drop`) before going on. With `pause_when_alone` it also holds
+the replay whenever no client is logged in (a client killed and restarted, in the fault tests): the
+PBX is frozen while nobody listens, so a test measures what the client loses, not what no client
+could have seen.
 
 Each event is due at `(its time - first time) / speed` after the start (`speed=0`: as fast as the
 socket takes it). Its time is its `Timestamp` header, or for traces recorded without one the
@@ -379,6 +382,7 @@ class AmiSimulator:
         ami_version: str = "11.0.0",
         asterisk_version: str = "22.10.1",
         endpoints: dict[str, list[str]] | None = None,
+        pause_when_alone: bool = False,
     ) -> None:
         self.trace = trace
         self.timestampevents = timestampevents
@@ -391,6 +395,7 @@ class AmiSimulator:
         self.drop_at_markers = drop_at_markers
         self.pause_after_drop = pause_after_drop
         self.start_on_login = start_on_login
+        self.pause_when_alone = pause_when_alone
         # faults, settable at any time
         self.refuse_logins = False
         self.deny_actions: set[str] = set()
@@ -491,6 +496,9 @@ class AmiSimulator:
                 if delay > 0:
                     await self._flush()
                     await asyncio.sleep(delay)
+            if not self._ready.is_set():  # nobody listens (`pause_when_alone`): hold the PBX's time
+                await self._flush()
+                await self._held()
             self._trace_now = item.at
             self.state.apply(item)
             raw = self._as_sent(item.raw)
@@ -514,9 +522,13 @@ class AmiSimulator:
         self.drop_now()
         if not self.pause_after_drop:
             return
+        self._set_ready(False)
+        await self._held()
+
+    async def _held(self) -> None:
+        """Wait until a client is ready again, the PBX's clock standing still meanwhile."""
         origin, self._trace_now, self._origin = self._origin, self.now(), None
         started = time.monotonic()
-        self._set_ready(False)
         await self._ready.wait()
         self._origin = (origin or 0.0) + time.monotonic() - started
 
@@ -606,6 +618,9 @@ class AmiSimulator:
         finally:
             self._clients.discard(client)
             client.close()
+            if self.pause_when_alone and self.clients == 0:
+                log.info("simulator.paused", reason="no client logged in")
+                self._set_ready(False)
 
     def _answer(self, client: _Client, frame: bytes) -> None:
         self.actions.append(frame)

@@ -1,17 +1,27 @@
-"""`talkmeter run`: the service (see daemon.service); what systemd starts."""
+"""`talkmeter run`: the service (see daemon.service); what systemd starts.
+
+Exit codes: 0 after SIGTERM/SIGINT; 1 when a task of the service died (logged as one
+`service.task_died` line naming the task and the error) or the database cannot take our writes;
+systemd's `Restart=on-failure` then starts it again. A stop that does not finish in time
+(`service.stop_forced`) ends the process at once, also with 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from daemon.logging import configure_logging
 from daemon.service import run_until_signalled
-from daemon.settings import load_settings
+from daemon.settings import Settings, load_settings
+from daemon.supervision import StopForced, TaskDied
 from daemon.writer import FatalStorageError
+
+EXIT_FAILURE = 1
 
 
 def register(subparsers: Any) -> None:
@@ -48,8 +58,22 @@ def run(args: argparse.Namespace) -> int:
     settings.dsn()
     configure_logging(settings.log_level)
     try:
-        asyncio.run(run_until_signalled(settings))
+        asyncio.run(_run_or_exit(settings))
     except FatalStorageError as error:
         print(f"talkmeter: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
+    except TaskDied as death:  # already logged, as one line
+        if isinstance(death.error, FatalStorageError):
+            print(f"talkmeter: {death.error}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
+
+
+async def _run_or_exit(settings: Settings) -> None:
+    try:
+        await run_until_signalled(settings)
+    except StopForced:
+        # Tasks that ignore a cancel would hang asyncio.run's own clean-up as well: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FAILURE)

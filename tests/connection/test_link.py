@@ -19,9 +19,11 @@ from telephony.ami import (
     Item,
     NotConnected,
     Received,
+    Result,
     Resync,
     SessionLost,
     SessionStarted,
+    _Pending,
     format_action,
 )
 from telephony.framing import Message
@@ -116,6 +118,37 @@ async def test_half_open_link_is_detected_by_ping_and_reconnected() -> None:
     assert "ping" in lost.reason
     assert any(entry["event"] == "ami.ping_timeout" for entry in logs)
     assert link.sessions == 2
+
+
+class _CancelledOnAnswer(AmiLink):
+    """A link whose keepalive is cancelled at the very moment its ping is answered (a hook, not a mock:
+    the session, the simulator and the ping are real)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keepalive: asyncio.Task[Any] | None = None
+        self.hooked = asyncio.Event()
+
+    async def _wait(self, protocol: AmiProtocol, pending: _Pending, limit: float) -> Result:
+        task = asyncio.current_task()
+        if task is not None and task.get_name() == "ami-keepalive" and self.keepalive is None:
+            self.keepalive = task
+            pending.future.add_done_callback(lambda _: task.cancel())
+            self.hooked.set()
+        return await super()._wait(protocol, pending, limit)
+
+
+async def test_a_keepalive_cancelled_as_its_ping_is_answered_stops() -> None:
+    """The service hang: Python 3.11's `wait_for` returns the result when the cancel and the answer
+    arrive together, so the keepalive went on pinging and `_serve` waited for it forever."""
+    async with simulator(simple_trace([NEWCHANNEL])) as sim:
+        link = _CancelledOnAnswer(link_config(sim.port, ping_interval=0.01), sleep=RecordingSleep())
+        async with running(link):
+            async with asyncio.timeout(GUARD):
+                await link.hooked.wait()
+            assert link.keepalive is not None
+            await asyncio.wait({link.keepalive}, timeout=GUARD)
+            assert link.keepalive.cancelled()
 
 
 async def test_split_multibyte_caller_name_survives() -> None:

@@ -12,6 +12,7 @@ import pytest
 from daemon.commands.demo import demo
 from daemon.live import Pipeline
 from daemon.settings import Settings, load_settings
+from daemon.supervision import TaskDied
 from telephony.ami import EventClock
 from telephony.calls import CallTracker
 from telephony.simulator import AmiSimulator, events_trace, load_trace
@@ -140,10 +141,11 @@ async def test_a_failing_consumer_stops_the_pipeline() -> None:
     trace = load_trace(TRACES / "inbound_answered.ami")
     async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
         pipeline = Pipeline(settings_for(sim.port), broken, sleep=RecordingSleep())
-        with pytest.raises(RuntimeError, match="database is gone"):
+        with pytest.raises(TaskDied, match="database is gone") as died:
             async with asyncio.timeout(GUARD):
                 await pipeline.run(asyncio.Event())
         assert not pipeline.link.connected
+    assert died.value.task == "call-consumer" and isinstance(died.value.error, RuntimeError)
 
 
 async def test_no_timestamp_trace_is_replayed_with_its_sidecar_timing() -> None:

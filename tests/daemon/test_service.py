@@ -13,6 +13,7 @@ import pytest
 from daemon.cli import main
 from daemon.service import Database, serve
 from daemon.settings import Settings
+from daemon.supervision import TaskDied
 from daemon.writer import FatalStorageError
 from telephony.effects import Effect, TalkStarted
 from telephony.simulator import AmiSimulator, load_trace
@@ -150,9 +151,10 @@ async def test_a_schema_found_outdated_later_stops_the_service_and_keeps_the_cal
     async with AmiSimulator(load_trace(TRACES / "direct_dial.ami"), secret=SECRET, speed=0) as sim:
         stop = asyncio.Event()
         config = settings(sim.port, UNREACHABLE, tmp_path)
-        with pytest.raises(FatalStorageError, match="talkmeter migrate"):
+        with pytest.raises(TaskDied, match="talkmeter migrate") as died:
             async with asyncio.timeout(GUARD):
                 await serve(config, stop, ComesBackWithoutSchema(), stop_grace=0.5)
+    assert died.value.task == "writer" and isinstance(died.value.error, FatalStorageError)
     assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1
 
 

@@ -1,0 +1,107 @@
+"""Supervision that cannot hang: a task's death stops the service, a stop that hangs is forced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.service import Checkpoints, Database, serve
+from daemon.settings import Settings
+from daemon.supervision import StopForced, TaskDied
+from telephony.simulator import AmiSimulator, load_trace
+
+from .harness import GUARD, SECRET, TRACES, Harness, full_disk
+
+
+def settings(port: int, dsn: str, spool: Path, **extra: Any) -> Settings:
+    values: dict[str, Any] = {"ami_reconnect_min": 0.05, "ami_reconnect_max": 0.2, **extra}
+    return Settings(ami_port=port, ami_secret=SECRET, database_url=dsn, spool_dir=spool, **values)
+
+
+def simulator(trace: str, speed: float) -> AmiSimulator:
+    return AmiSimulator(load_trace(TRACES / f"{trace}.ami"), secret=SECRET, speed=speed)
+
+
+class DeafDatabase(Database):
+    """A store whose driver swallows cancellation (as `asyncio.wait_for` can in Python 3.11)."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def record(self, conversation: dict[str, Any]) -> None:
+        self.writing.set()
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+
+
+async def test_a_dying_checkpointer_stops_the_service_whatever_the_timers(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """The spool's disk is full: the checkpointer dies. With the ping due when it died, the keepalive
+    swallowed its cancel and the service hung for good; ping and checkpoint share one interval here."""
+    spool = tmp_path / "spool"
+    async with simulator("long_call", speed=1) as sim:
+        config = settings(sim.port, db_dsn, spool, checkpoint_interval=0.3, ami_ping_interval=0.3)
+        full = full_disk(spool, [Checkpoints(spool / "default").temporary])
+        with full, capture_logs() as logs, pytest.raises(TaskDied) as died:
+            async with asyncio.timeout(GUARD):
+                await serve(config, asyncio.Event(), stop_grace=0.5)
+    assert died.value.task == "checkpointer"
+    assert isinstance(died.value.error, OSError) and died.value.error.errno == errno.ENOSPC
+    (line,) = [entry for entry in logs if entry["event"] == "service.task_died"]
+    assert line["task"] == "checkpointer" and "No space left" in line["error"]
+
+
+async def test_a_stop_that_does_not_finish_in_time_is_forced(db_dsn: str, tmp_path: Path) -> None:
+    database = DeafDatabase(db_dsn)
+    async with simulator("inbound_answered", speed=0) as sim:
+        stop = asyncio.Event()
+        service = asyncio.create_task(
+            serve(settings(sim.port, db_dsn, tmp_path), stop, database, stop_grace=0.2)
+        )
+        try:
+            async with asyncio.timeout(GUARD):
+                await database.writing.wait()  # the writer is now inside the deaf driver
+            with capture_logs() as logs:
+                stop.set()
+                with pytest.raises(StopForced) as forced:
+                    async with asyncio.timeout(GUARD):
+                        await service
+        finally:
+            database.release.set()
+    assert forced.value.tasks == ["writer"]
+    assert any(entry["event"] == "service.stop_forced" for entry in logs)
+    assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1  # kept
+
+
+async def test_the_process_exits_non_zero_when_a_task_dies(db_dsn: str, tmp_path: Path) -> None:
+    timing = {"checkpoint_interval": 0.3, "ami_ping_interval": 0.3}
+    async with Harness("long_call", db_dsn, tmp_path, speed=1, settings=timing) as harness:
+        spool = tmp_path / "spool-0"
+        with full_disk(spool, [Checkpoints(spool / "default").temporary]):
+            await harness.start()
+            code = await harness.daemon.exited(GUARD)
+    daemon = harness.daemon
+    assert code == 1, daemon.tail()
+    (line,) = daemon.events("service.task_died")
+    assert line["task"] == "checkpointer" and "No space left" in line["error"]
+    assert len(daemon.lines) == len([raw for raw in daemon.raw if raw.strip()])  # JSON lines only
+
+
+async def test_sigterm_stops_the_process_cleanly(db_dsn: str, tmp_path: Path) -> None:
+    async with Harness("long_call", db_dsn, tmp_path, speed=1) as harness:
+        await harness.start()
+        await harness.daemon.wait_for_log("pipeline.resync")
+        code = await harness.daemon.terminate(GUARD)
+    assert code == 0, harness.daemon.tail()
+    assert harness.daemon.events("service.stopped")
+    assert not harness.daemon.events("service.task_died")
