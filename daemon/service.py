@@ -2,19 +2,27 @@
 
 Theory of operation
 -------------------
-Three named, supervised tasks share one process:
+Named, supervised tasks share one process (daemon.supervision):
 
 * `pipeline` (daemon.live): the AMI link and the call model. It never waits for the database.
 * `writer` (daemon.writer): every finished conversation is spooled to disk, then recorded and
   rated in PostgreSQL (accounting.ledger.record_conversation), retried while the database is away.
-* `checkpointer`: every few seconds, the conversations in progress are written to
-  `<spool_dir>/open.json`, so that a crash or restart mid-call loses no talk: on start they are
-  restored into the call model and resumed when the snapshot after login shows their channels.
+* `checkpointer`: every `checkpoint_interval` seconds, the conversations in progress are written to
+  `<spool_dir>/<pbx>/checkpoint.records`, so that a crash or restart mid-call loses no talk: on start
+  they are restored into the call model and resumed when the snapshot after login shows their
+  channels. The file is replaced atomically and validated when read (bad records are quarantined).
+* `spool`: stands for the spool's disk; it dies when an append fails (disk full).
 
-If any task dies, the service stops (and systemd restarts it) rather than limping on. A graceful
-stop (SIGTERM) logs off the PBX, applies what was received, checkpoints the calls in progress
-(instead of closing them: the calls go on, and the next start resumes them), gives the writer a
-bounded time to commit, and leaves whatever is not committed in the spool.
+All disk I/O runs on one disk thread (daemon.journal), never on the loop that reads the PBX.
+
+If any task dies, the service stops (and systemd restarts it) rather than limping on: one
+`service.task_died` line names the task and the error, the pipeline logs off and checkpoints, the
+writer gets a bounded time to commit what it holds, and every task is cancelled; a task that does
+not end within `STOP_CANCEL_SECONDS` is named in `StopForced` (the command then exits at once). A
+graceful stop (SIGTERM) goes the same way: it logs off the PBX, applies what was received,
+checkpoints the calls in progress (instead of closing them: the calls go on, and the next start
+resumes them), gives the writer a bounded time to commit, and leaves whatever is not committed in
+the spool.
 
 At start the service checks the database schema and refuses to run, saying why, if it is not the
 one this talkmeter expects. A database that is merely down does not stop it: it follows calls
@@ -31,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,13 +49,14 @@ import structlog
 from accounting.ledger import RetryableStorageError, record_conversation
 from accounting.migrate import SchemaError, check_schema
 from daemon import systemd
+from daemon.journal import DiskThread, Quarantine, encode, read_file, scan, write_atomically
 from daemon.live import OnEffect, Pipeline, stop_on_signals
 from daemon.metrics import STALL_SECONDS, HealthState, Metrics
 from daemon.settings import ConfigError, Settings
-from daemon.supervision import StopForced, cancel_within, first_death
+from daemon.supervision import StopForced, TaskDied, cancel_within, first_death
 from daemon.writer import ConversationWriter, FatalStorageError, Spool
 from telephony.ami import AmiLink
-from telephony.calls import CallTracker
+from telephony.calls import CallTracker, check_checkpoint
 
 log = structlog.get_logger("daemon.service")
 
@@ -112,29 +120,54 @@ def is_transient(error: BaseException) -> bool:
 
 
 class Checkpoints:
-    """The calls in progress, on disk (written atomically), for the next start."""
+    """The calls in progress, on disk, for the next start: framed records (daemon.journal), one per
+    conversation, replaced atomically. Loading validates every record; bad ones are quarantined."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "open.json"
-        self.temporary = self.path.with_suffix(".tmp")
+        self.path = directory / "checkpoint.records"
+        self.legacy_path = directory / "open.json"  # the checkpoint of earlier versions: a JSON list
+        self.temporary = directory / "checkpoint.tmp"
+        self.quarantine = Quarantine(directory)
 
     def load(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        if self.path.exists():
+            found = scan(read_file(self.path), check_checkpoint)
+            damaged, saved = found.damaged, found.records
+            if found.torn:
+                damaged.append((found.torn, "torn tail: the file was cut short"))
+        elif self.legacy_path.exists():
+            saved, damaged = _read_legacy_checkpoint(read_file(self.legacy_path))
+        else:
             return []
-        try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-        except ValueError:
-            log.error("checkpoint.unreadable", path=str(self.path))
-            return []
-        return list(saved)
+        if self.quarantine.put(self.path.name, damaged) or self.legacy_path.exists():
+            self.save(saved)  # so that the same damage is not quarantined again at the next start
+        return saved
 
     def save(self, saved: list[dict[str, Any]]) -> None:
-        with self.temporary.open("w", encoding="utf-8") as handle:
-            json.dump(saved, handle, ensure_ascii=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.temporary.replace(self.path)
+        write_atomically(self.path, b"".join(encode(item) for item in saved), self.temporary)
+        if self.legacy_path.exists():
+            self.legacy_path.unlink()
+
+
+def _read_legacy_checkpoint(data: bytes) -> tuple[list[dict[str, Any]], list[tuple[bytes, str]]]:
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except ValueError as error:  # UnicodeDecodeError is one
+        return [], [(data, f"open.json unreadable: {error}")]
+    if not isinstance(items, list):
+        return [], [(data, f"open.json holds a JSON {type(items).__name__}, not a list")]
+    saved, damaged = [], []
+    for item in items:
+        try:
+            if not isinstance(item, dict):
+                raise ValueError(f"a JSON {type(item).__name__}, not an object")
+            check_checkpoint(item)
+        except ValueError as error:
+            damaged.append((json.dumps(item, ensure_ascii=False).encode("utf-8"), f"open.json: {error}"))
+        else:
+            saved.append(item)
+    return saved, damaged
 
 
 class TaskDeaths:
@@ -174,18 +207,32 @@ async def serve(
     database = database or Database(settings.dsn())
     await database.check_at_start()
     spool_dir = settings.spool_dir / settings.pbx
-    writer = ConversationWriter(database.record, Spool(spool_dir), is_transient, metrics=metrics)
+    disk = DiskThread()
+    try:
+        await _serve(settings, stop, database, disk, spool_dir, on_effect, stop_grace, metrics)
+    finally:
+        disk.close()
+
+
+async def _serve(settings: Settings, stop: asyncio.Event, database: Database, disk: DiskThread,
+                 spool_dir: Path, on_effect: OnEffect | None, stop_grace: float,
+                 metrics: Metrics) -> None:  # fmt: skip
+    writer = ConversationWriter(database.record, Spool(spool_dir), is_transient, disk=disk, metrics=metrics)
     checkpoints = Checkpoints(spool_dir)
     deaths = TaskDeaths(spool_dir)
     for name, times in deaths.load().items():
         metrics.task_restarted(name, times)
     tracker = settings.call_tracker()
-    tracker.restore(checkpoints.load())
-    writer.resume()
+    try:
+        tracker.restore(await disk(checkpoints.load))
+        await writer.resume()
+    except OSError as error:  # the spool cannot even be recovered (disk full, permissions)
+        log.error("service.task_died", task="spool", error=repr(error), path=str(spool_dir))
+        raise TaskDied("spool", error) from error
 
     async def checkpoint_at_stop(tracker: CallTracker, now: float) -> None:
         try:
-            checkpoints.save(tracker.checkpoint(now))
+            await disk(checkpoints.save, tracker.checkpoint(now))
         except OSError as error:
             log.error("checkpoint.failed", error=repr(error))
 
@@ -203,8 +250,10 @@ async def serve(
         asyncio.create_task(pipeline.run(stopping), name="pipeline"),
         asyncio.create_task(writer.run(), name="writer"),
         asyncio.create_task(
-            _checkpoint_forever(pipeline, checkpoints, settings.checkpoint_interval), name="checkpointer"
+            _checkpoint_forever(pipeline, checkpoints, disk, settings.checkpoint_interval),
+            name="checkpointer",
         ),
+        asyncio.create_task(writer.spool_failure(), name="spool"),
     ]
     watchdog = systemd.watchdog_interval()
     if watchdog is not None:
@@ -286,13 +335,16 @@ def _forced_inside(tasks: list[asyncio.Task[None]]) -> list[str]:
     ]
 
 
-async def _checkpoint_forever(pipeline: Pipeline, checkpoints: Checkpoints, interval: float) -> None:
+async def _checkpoint_forever(
+    pipeline: Pipeline, checkpoints: Checkpoints, disk: DiskThread, interval: float
+) -> None:
     # Only while the link is up: a checkpoint claims "this is how the calls were at `at`", and
-    # during an outage we do not know that. The previous one stays until we know again.
+    # during an outage we do not know that. The previous one stays until we know again. The state
+    # is taken here, on the loop; the disk thread writes it after any spool append asked before.
     while True:
         await asyncio.sleep(interval)
         if pipeline.link.connected:
-            checkpoints.save(pipeline.tracker.checkpoint(pipeline.link.clock.now()))
+            await disk(checkpoints.save, pipeline.tracker.checkpoint(pipeline.link.clock.now()))
 
 
 async def _watchdog_forever(writer: ConversationWriter, interval: float) -> None:

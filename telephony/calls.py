@@ -79,6 +79,7 @@ hung up during the outage: their conversations end at the last moment the model 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -1070,3 +1071,67 @@ def _resumed_track(uniqueid: str, saved: dict[str, Any], seen: Conversation | No
     if saved["hold"] is not None:
         track.hold = _Hold(*saved["hold"])
     return track
+
+
+def check_checkpoint(item: dict[str, Any]) -> None:
+    """Raise ValueError naming what makes `item` unusable by `restore` (it is read from a file
+    that a crash, a disk or a person may have damaged; `_checkpoint_of` defines the shape)."""
+    for key in ("uniqueid", "conversation_id", "pbx", "channel", "client_number_raw"):
+        _expect(item, key, isinstance(item.get(key), str))
+    for key in ("client_number", "line"):
+        _expect(item, key, item.get(key) is None or isinstance(item.get(key), str))
+    _expect(item, "direction", item.get("direction") in ("inbound", "outbound"))
+    _expect(item, "at", _is_time(item.get("at")))
+    _expect(item, "started_at", _is_time(item.get("started_at")))
+    consultants = item.get("consultants")
+    _expect(item, "consultants", isinstance(consultants, list) and all(_is_text(c) for c in consultants))
+    segments = item.get("segments")
+    _expect(item, "segments", isinstance(segments, list) and all(_is_segment(s) for s in segments))
+    opened = item.get("open")
+    _expect(item, "open", opened is None or _is_open_segment(opened))
+    hold = item.get("hold")
+    _expect(item, "hold", hold is None or _is_hold(hold))
+
+
+def _expect(item: dict[str, Any], key: str, valid: bool) -> None:
+    if not valid:
+        raise ValueError(f"checkpoint field {key!r} is missing or malformed: {item.get(key)!r:.80}")
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_name(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_segment(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and _is_name(value[0])
+        and _is_time(value[1])
+        and _is_time(value[2])
+        and isinstance(value[3], bool)
+    )
+
+
+def _is_open_segment(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 3 and _is_name(value[0]) and _is_time(value[1]) and (
+        isinstance(value[2], bool)
+    )
+
+
+def _is_hold(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and _is_name(value[1])
+        and _is_time(value[2])
+    )

@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 
 from daemon.cli import main
-from daemon.service import Database, serve
+from daemon.service import Checkpoints, Database, serve
 from daemon.settings import Settings
 from daemon.supervision import TaskDied
-from daemon.writer import FatalStorageError
+from daemon.writer import FatalStorageError, Spool
 from telephony.effects import Effect, TalkStarted
 from telephony.simulator import AmiSimulator, load_trace
 
@@ -88,7 +88,7 @@ async def test_a_database_outage_loses_nothing(db_dsn: str, tmp_path: Path) -> N
     async with AmiSimulator(load_trace(TRACES / "hold.ami"), secret=SECRET, speed=0) as sim:
         down = WatchedDatabase(UNREACHABLE)
         await run_until(down.failed, settings(sim.port, UNREACHABLE, tmp_path), down)
-        assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1
+        assert len(Spool(tmp_path / "default").pending()) == 1
         # The service stopped with PostgreSQL still down; it starts again once it is back.
         back = WatchedDatabase(db_dsn)
         await run_until(back.recorded, settings(sim.port, db_dsn, tmp_path), back)
@@ -96,7 +96,7 @@ async def test_a_database_outage_loses_nothing(db_dsn: str, tmp_path: Path) -> N
     expected = truth("hold")
     assert row["talk_ms"] / 1000 == pytest.approx(expected["talk_seconds"], abs=0.2)
     assert row["hold_ms"] / 1000 == pytest.approx(expected["hold_seconds"], abs=0.2)
-    assert (tmp_path / "default" / "pending.jsonl").read_text() == ""
+    assert (tmp_path / "default" / "pending.records").read_bytes() == b""
 
 
 async def test_a_restart_mid_call_resumes_the_call(db_dsn: str, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ async def test_a_restart_mid_call_resumes_the_call(db_dsn: str, tmp_path: Path) 
         slow = settings(sim.port, db_dsn, tmp_path, ami_reconnect_min=30.0, ami_reconnect_max=30.0)
         first = WatchedDatabase(db_dsn)
         await run_until(talking, slow, first, on_effect=on_effect)
-        saved = json.loads((tmp_path / "default" / "open.json").read_text())
+        saved = Checkpoints(tmp_path / "default").load()
         assert [c["client_number"] for c in saved] == ["+74951234567"]
 
         second = WatchedDatabase(db_dsn)
@@ -132,7 +132,7 @@ async def test_the_service_refuses_to_start_on_an_outdated_schema(empty_dsn: str
     with pytest.raises(FatalStorageError, match="talkmeter migrate"):
         async with asyncio.timeout(GUARD):
             await serve(settings(9, empty_dsn, tmp_path), stop, stop_grace=0.5)
-    assert not (tmp_path / "default" / "pending.jsonl").exists()
+    assert not (tmp_path / "default" / "pending.records").exists()
 
 
 async def test_a_schema_found_outdated_later_stops_the_service_and_keeps_the_call(
@@ -155,7 +155,7 @@ async def test_a_schema_found_outdated_later_stops_the_service_and_keeps_the_cal
             async with asyncio.timeout(GUARD):
                 await serve(config, stop, ComesBackWithoutSchema(), stop_grace=0.5)
     assert died.value.task == "writer" and isinstance(died.value.error, FatalStorageError)
-    assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1
+    assert len(Spool(tmp_path / "default").pending()) == 1
 
 
 async def test_replay_without_dry_run_records_and_is_idempotent(

@@ -82,7 +82,7 @@ async def test_a_crash_before_commit_is_resumed_from_the_spool(tmp_path: Path) -
 
     database = FlakyDatabase()
     second = writer(database, Spool(tmp_path))
-    assert second.resume() == 2
+    assert await second.resume() == 2
     task = asyncio.create_task(second.run())
     assert await second.drain(5)
     task.cancel()

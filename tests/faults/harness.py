@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,17 +308,21 @@ class Harness:
 
 
 class FullDisk:
-    """`directory` on a file system with no space left, until `free()`."""
+    """`directory` on a file system that can be filled (`fill`) and given room again (`free`).
+
+    As root (CI) it is a tmpfs of its own, filled to the last block. Otherwise /dev/full stands in
+    for the files in `replaced` (a file that exists is set aside and put back by `free`); only
+    files the service opens afresh for each write may be replaced while it runs.
+    """
 
     def __init__(self, directory: Path, replaced: list[Path]) -> None:
         self.directory = directory
         self.replaced = replaced
-        self.mounted = False
+        self.mounted = _mount_tmpfs(directory)
         self._filler = directory / ".filler"
 
     def fill(self) -> None:
-        if _mount_tmpfs(self.directory):
-            self.mounted = True
+        if self.mounted:
             descriptor = os.open(self._filler, os.O_WRONLY | os.O_CREAT)
             try:
                 with contextlib.suppress(OSError):  # until ENOSPC
@@ -328,18 +333,30 @@ class FullDisk:
             return
         for path in self.replaced:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-            path.symlink_to("/dev/full")
+            if path.suffix != ".tmp" and path.exists() and not path.is_symlink():
+                path.rename(_aside(path))  # a data file: put back by `free`
+            # A temporary file exists only while the service writes it: wait for its rename.
+            deadline = time.monotonic() + GUARD
+            while True:
+                try:
+                    os.symlink("/dev/full", path)
+                    break
+                except FileExistsError:
+                    assert time.monotonic() < deadline, f"{path} never went away"
+                    time.sleep(0.001)
 
     def free(self) -> None:
         if self.mounted:
             self._filler.unlink(missing_ok=True)
+            return
         for path in self.replaced:
             if path.is_symlink():
                 path.unlink()
+            if _aside(path).exists():
+                _aside(path).rename(path)
 
     def release(self) -> None:
-        """Unmount (moving what was written to the plain directory below), or remove the symlinks."""
+        """Unmount, keeping what was written in the plain directory below."""
         self.free()
         if self.mounted:
             keep = self.directory.with_name(self.directory.name + ".kept")
@@ -351,20 +368,25 @@ class FullDisk:
 
 
 @contextlib.contextmanager
-def full_disk(directory: Path, replaced: list[Path]) -> Iterator[FullDisk]:
-    """`directory` with no space left; `replaced` are the files that /dev/full stands for when the
-    test may not mount a tmpfs (they must be files the service writes, never reads)."""
+def full_disk(directory: Path, replaced: list[Path], *, now: bool = True) -> Iterator[FullDisk]:
+    """`directory` with no space left (from the start, or from `fill()` on when `now` is false)."""
     directory.mkdir(parents=True, exist_ok=True)
     disk = FullDisk(directory, replaced)
-    disk.fill()
     try:
+        if now:
+            disk.fill()
         yield disk
     finally:
         disk.release()
 
 
+def _aside(path: Path) -> Path:
+    return path.with_name(path.name + ".aside")
+
+
 def _mount_tmpfs(directory: Path) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
+    # TALKMETER_TEST_NO_TMPFS=1 tries the /dev/full way as root too (what a non-root run does).
+    if os.geteuid() != 0 or shutil.which("mount") is None or os.environ.get("TALKMETER_TEST_NO_TMPFS"):
         return False
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(directory)],

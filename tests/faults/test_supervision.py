@@ -13,7 +13,9 @@ from structlog.testing import capture_logs
 
 from daemon.service import Checkpoints, Database, serve
 from daemon.settings import Settings
-from daemon.supervision import StopForced, TaskDied
+from daemon.supervision import StopForced, TaskDied, cancel_within
+from daemon.writer import Spool
+from telephony.effects import Effect, TalkStarted
 from telephony.simulator import AmiSimulator, load_trace
 
 from .harness import GUARD, SECRET, TRACES, Harness, full_disk
@@ -46,15 +48,21 @@ class DeafDatabase(Database):
 async def test_a_dying_checkpointer_stops_the_service_whatever_the_timers(
     db_dsn: str, tmp_path: Path
 ) -> None:
-    """The spool's disk is full: the checkpointer dies. With the ping due when it died, the keepalive
-    swallowed its cancel and the service hung for good; ping and checkpoint share one interval here."""
+    """The spool's disk fills up mid-call: the checkpointer dies. With a ping due when it died, the
+    keepalive swallowed its cancel and the service hung for good; ping and checkpoint share one
+    interval here, the timing that hung."""
     spool = tmp_path / "spool"
-    async with simulator("long_call", speed=1) as sim:
+    async with simulator("long_call", speed=10) as sim:
         config = settings(sim.port, db_dsn, spool, checkpoint_interval=0.3, ami_ping_interval=0.3)
-        full = full_disk(spool, [Checkpoints(spool / "default").temporary])
-        with full, capture_logs() as logs, pytest.raises(TaskDied) as died:
-            async with asyncio.timeout(GUARD):
-                await serve(config, asyncio.Event(), stop_grace=0.5)
+        with full_disk(spool, [Checkpoints(spool / "default").temporary], now=False) as disk:
+
+            def fill_when_talking(effect: Effect) -> None:
+                if isinstance(effect, TalkStarted):
+                    disk.fill()
+
+            with capture_logs() as logs, pytest.raises(TaskDied) as died:
+                async with asyncio.timeout(GUARD):
+                    await serve(config, asyncio.Event(), on_effect=fill_when_talking, stop_grace=0.5)
     assert died.value.task == "checkpointer"
     assert isinstance(died.value.error, OSError) and died.value.error.errno == errno.ENOSPC
     (line,) = [entry for entry in logs if entry["event"] == "service.task_died"]
@@ -77,23 +85,27 @@ async def test_a_stop_that_does_not_finish_in_time_is_forced(db_dsn: str, tmp_pa
                     async with asyncio.timeout(GUARD):
                         await service
         finally:
-            database.release.set()
+            database.release.set()  # the forced stop left the writer behind: let it end now
+            left = [task for task in asyncio.all_tasks() if task.get_name() == "writer"]
+            await cancel_within(left, GUARD)
     assert forced.value.tasks == ["writer"]
     assert any(entry["event"] == "service.stop_forced" for entry in logs)
-    assert (tmp_path / "default" / "pending.jsonl").read_text().count("conversation_id") == 1  # kept
+    assert len(Spool(tmp_path / "default").pending()) == 1  # kept for the next start
 
 
 async def test_the_process_exits_non_zero_when_a_task_dies(db_dsn: str, tmp_path: Path) -> None:
     timing = {"checkpoint_interval": 0.3, "ami_ping_interval": 0.3}
-    async with Harness("long_call", db_dsn, tmp_path, speed=1, settings=timing) as harness:
+    async with Harness("concurrent_20", db_dsn, tmp_path, settings=timing) as harness:
         spool = tmp_path / "spool-0"
-        with full_disk(spool, [Checkpoints(spool / "default").temporary]):
+        with full_disk(spool, [Checkpoints(harness.spool_of(0)).temporary], now=False) as disk:
             await harness.start()
+            await harness.daemon.wait_for_log("conversation.recorded")  # calls are going on
+            disk.fill()
             code = await harness.daemon.exited(GUARD)
     daemon = harness.daemon
     assert code == 1, daemon.tail()
     (line,) = daemon.events("service.task_died")
-    assert line["task"] == "checkpointer" and "No space left" in line["error"]
+    assert line["task"] in ("checkpointer", "spool") and "No space left" in line["error"]
     assert len(daemon.lines) == len([raw for raw in daemon.raw if raw.strip()])  # JSON lines only
 
 

@@ -1,0 +1,212 @@
+"""The spool's disk misbehaving: slow, full, torn by a crash, or holding damaged files at start.
+
+Each test compares what arrived in PostgreSQL with the trace's truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.journal import encode
+from daemon.live import Pipeline
+from daemon.service import Checkpoints, serve
+from daemon.settings import Settings
+from daemon.writer import ConversationWriter, Spool
+from telephony.simulator import AmiSimulator, load_trace
+
+from .harness import GUARD, SECRET, TRACES, Harness, compare, full_disk, ledger, truth
+
+TALK_TOLERANCE = 0.2  # seconds: the trace's own AMI-vs-SIP difference is far below this
+
+
+def settings(port: int, dsn: str, spool: Path, **extra: Any) -> Settings:
+    values: dict[str, Any] = {"ami_reconnect_min": 0.05, "ami_reconnect_max": 0.2, **extra}
+    return Settings(ami_port=port, ami_secret=SECRET, database_url=dsn, spool_dir=spool, **values)
+
+
+def quarantined(directory: Path) -> list[dict[str, Any]]:
+    path = directory / "quarantine.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def serve_trace(name: str, dsn: str, spool: Path, count: int) -> None:
+    """Run the service in-process on trace `name` until `count` conversations are in the ledger."""
+    async with AmiSimulator(load_trace(TRACES / f"{name}.ami"), secret=SECRET, speed=0) as sim:
+        stop = asyncio.Event()
+        service = asyncio.create_task(serve(settings(sim.port, dsn, spool), stop, stop_grace=2.0))
+        async with asyncio.timeout(GUARD):
+            while len(await ledger(dsn)) < count and not service.done():  # noqa: ASYNC110 (polls the database)
+                await asyncio.sleep(0.05)
+        stop.set()
+        async with asyncio.timeout(GUARD):
+            await service
+
+
+class SlowDisk(Spool):
+    """A spool whose fsync takes as long as the test wants: appends wait for `flushed`."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.flushing = threading.Event()
+        self.flushed = threading.Event()
+        self.too_slow = False  # the wait ran out: the test never got to release it
+
+    def append(self, conversation: dict[str, Any]) -> None:
+        self.flushing.set()
+        if not self.flushed.wait(10.0):
+            self.too_slow = True
+        super().append(conversation)
+
+
+async def test_the_pbx_is_read_while_a_flush_is_slow(tmp_path: Path) -> None:
+    """Was: every spool append fsynced on the event loop, so a slow disk stopped the AMI reader."""
+    recorded: dict[str, dict[str, Any]] = {}
+
+    async def record(conversation: dict[str, Any]) -> None:
+        recorded[conversation["conversation_id"]] = conversation
+
+    spool = SlowDisk(tmp_path)
+    writer = ConversationWriter(record, spool, lambda error: False)
+    async with AmiSimulator(load_trace(TRACES / "concurrent_20.ami"), secret=SECRET, speed=0) as sim:
+        pipeline = Pipeline(settings(sim.port, "postgresql://unused", tmp_path), writer.submit)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(pipeline.run(stop)), asyncio.create_task(writer.run())]
+        try:
+            assert await asyncio.to_thread(spool.flushing.wait, GUARD)  # the first conversation ended
+            async with asyncio.timeout(GUARD):
+                await sim.finished.wait()  # the PBX sent everything...
+                await pipeline.link.ping()  # ...and the link read it all: the answer comes after it
+            waiting = pipeline.link.queue_depth
+        finally:
+            spool.flushed.set()
+        async with asyncio.timeout(GUARD):
+            await pipeline.settle()
+            assert await writer.drain(GUARD)
+            stop.set()
+            await tasks[0]
+        tasks[1].cancel()
+    assert not spool.too_slow
+    assert waiting > 0  # the events after the slow flush waited in the queue, read
+    assert len(recorded) == len(truth("concurrent_20"))
+
+
+async def test_a_torn_spool_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
+    """A crash cut the last record short; the conversation before it and every later one arrive."""
+    directory = tmp_path / "default"
+    earlier = {**_earlier_conversation(), "conversation_id": "default:earlier"}
+    (directory).mkdir()
+    (directory / "pending.records").write_bytes(encode(earlier) + encode(_earlier_conversation())[:40])
+    await serve_trace("inbound_answered", db_dsn, tmp_path, count=2)
+    rows = await ledger(db_dsn)
+    assert rows[0]["conversation_id"] == "default:earlier"
+    result = compare(rows[1:], truth("inbound_answered"))
+    assert (result.lost, result.doubled) == ([], []) and result.worst <= TALK_TOLERANCE, result.summary()
+    assert [entry["reason"][:9] for entry in quarantined(directory)] == ["torn tail"]
+
+
+@pytest.mark.parametrize(
+    ("spool_line", "checkpoint"),
+    [
+        (b"[1, 2]", b"[1]"),
+        (b"{}", b'[{"uniqueid": "1.1", "at": 1}]'),
+        (b'{"conversation_id": "\xff"}', b"{}"),
+    ],
+    ids=["lists", "missing-keys", "bad-utf8-and-object"],
+)
+async def test_malformed_files_at_start_are_quarantined_and_the_service_runs(
+    db_dsn: str, tmp_path: Path, spool_line: bytes, checkpoint: bytes
+) -> None:
+    """Was: a traceback at start, and every later call unmetered."""
+    directory = tmp_path / "default"
+    directory.mkdir()
+    earlier = json.dumps({**_earlier_conversation(), "conversation_id": "default:earlier"}).encode()
+    (directory / "pending.jsonl").write_bytes(earlier + b"\n" + spool_line + b"\n")  # an older version's
+    (directory / "open.json").write_bytes(checkpoint)
+    await serve_trace("hold", db_dsn, tmp_path, count=2)
+    rows = await ledger(db_dsn)
+    assert rows[0]["conversation_id"] == "default:earlier"
+    result = compare(rows[1:], truth("hold"))
+    assert (result.lost, result.doubled) == ([], []) and result.worst <= TALK_TOLERANCE, result.summary()
+    assert sorted(entry["file"] for entry in quarantined(directory)) == [
+        "checkpoint.records",
+        "pending.jsonl",
+    ]
+
+
+@pytest.mark.parametrize("first", ["checkpoint", "spool"])
+async def test_a_full_spool_disk_stops_the_service_and_loses_nothing(
+    db_dsn: str, tmp_path: Path, first: str
+) -> None:
+    """The disk under the spool fills up: the service stops (exit 1) rather than run unprotected;
+    once there is room again it starts, resumes the calls and records every conversation.
+
+    `checkpoint`: full once the first conversation is recorded, the checkpointer is first to fail.
+    `spool`: full right after the start with checkpoints far apart, so a conversation's spool append
+    fails first; that conversation is still handed to the database before the service stops.
+    """
+    expected = truth("concurrent_20")
+    interval = {"checkpoint": 0.5, "spool": 60.0}[first]
+    async with Harness(
+        "concurrent_20", db_dsn, tmp_path, settings={"checkpoint_interval": interval}
+    ) as harness:
+        directory = harness.spool_of(0)
+        files = [Checkpoints(directory).temporary, Spool(directory).temporary]
+        if first == "spool":
+            files.append(Spool(directory).path)
+        with full_disk(tmp_path / "spool-0", files, now=False) as disk:
+            await harness.start()
+            # Filled once calls are going on (a checkpoint with calls in it has bytes to write).
+            await harness.daemon.wait_for_log(
+                "conversation.recorded" if first == "checkpoint" else "pipeline.resync"
+            )
+            disk.fill()
+            code = await harness.daemon.exited(GUARD)
+            assert code == 1, harness.daemon.tail()
+            (death,) = harness.daemon.events("service.task_died")
+            assert (death["task"], "No space left" in death["error"]) == (
+                first + "er" * (first == "checkpoint"),
+                True,
+            )
+            disk.free()
+            await harness.start()
+            rows = await harness.recorded(len(expected))
+            await harness.replayed()
+    result = compare(rows, expected)
+    assert (result.lost, result.doubled) == ([], []), result.summary()
+    # Talk between the last checkpoint and the death can only be estimated: bounded by the interval.
+    assert result.worst <= 5.0 + TALK_TOLERANCE, result.summary()
+
+
+def _earlier_conversation() -> dict[str, Any]:
+    """A finished conversation from an earlier run, as the spool holds it."""
+    return {
+        "conversation_id": "default:1700000000.1",
+        "pbx": "default",
+        "direction": "inbound",
+        "client_number": "+74950001122",
+        "client_number_raw": "+74950001122",
+        "line": "74950000000",
+        "consultants": ["101"],
+        "started_at": "2023-11-14T22:13:20.000000+00:00",
+        "answered_at": "2023-11-14T22:13:22.000000+00:00",
+        "ended_at": "2023-11-14T22:13:32.000000+00:00",
+        "wait_seconds": 2.0,
+        "talk_seconds": 10.0,
+        "hold_seconds": 0.0,
+        "segments": [
+            {
+                "consultant": "101",
+                "start": "2023-11-14T22:13:22.000000+00:00",
+                "end": "2023-11-14T22:13:32.000000+00:00",
+                "seconds": 10.0,
+                "hold": False,
+            }
+        ],
+        "estimated": False,
+    }
