@@ -60,6 +60,7 @@ import structlog
 from panoramisk.ami_protocol import AMIProtocol
 
 from telephony.framing import FrameReader, Malformed, Message
+from telephony.stamps import StreamClock, Verdict
 
 log = structlog.get_logger("telephony.ami")
 
@@ -216,10 +217,11 @@ class Backoff:
 
 
 class EventClock:
-    """The PBX's "now": the last `Timestamp` seen plus the time elapsed since it arrived.
+    """The PBX's "now": the last `Timestamp` believed plus the time elapsed since it arrived.
 
     With `timestampevents = yes` this follows the PBX (and a replay at any speed); without
-    timestamps it is the local wall clock.
+    timestamps it is the local wall clock. Every stamp is judged first (telephony.stamps): one
+    that is not believed never moves this clock.
     """
 
     def __init__(
@@ -227,9 +229,21 @@ class EventClock:
     ) -> None:
         self._monotonic = monotonic
         self._offset = wall() - monotonic()
+        self._stream = StreamClock()
 
-    def observe(self, timestamp: float) -> None:
-        self._offset = timestamp - self._monotonic()
+    def judge(self, raw: str) -> Verdict:
+        """Judge a `Timestamp` value; a believed one sets the clock. `at` is never None here."""
+        received = self._monotonic()
+        verdict = self._stream.judge(raw, received)
+        if verdict.believed:
+            assert verdict.at is not None
+            self._offset = verdict.at - received
+            return verdict
+        return Verdict(self.now(), verdict.reason)
+
+    def new_session(self) -> None:
+        """A (re)login: the PBX's next plausible stamp anchors the clock (it may have changed)."""
+        self._stream.restart()
 
     def now(self) -> float:
         return self._monotonic() + self._offset
@@ -405,6 +419,7 @@ class AmiLink:
         self._logged_in = False
         self._next_depth_report = 10_000
         self._last_alive: float | None = None  # clock time of the last event or ping reply
+        self._replaced_stamps = 0  # Timestamps not believed in this session
         self._lost_at: float | None = None  # _last_alive when the previous session ended
 
     # public
@@ -475,6 +490,8 @@ class AmiLink:
             self.observer.attempt_failed("connect", reason)
             return self._backoff.next()
         self._protocol = protocol
+        self.clock.new_session()
+        self._replaced_stamps = 0
         try:
             await self._login(protocol)
         except AuthenticationFailed as error:
@@ -566,9 +583,8 @@ class AmiLink:
                 return
             except ConnectionLost:
                 return
-            stamp = reply.timestamp if isinstance(reply, Message) else None
-            if stamp is not None:
-                self.clock.observe(stamp)  # Asterisk stamps its Ping reply
+            if isinstance(reply, Message):
+                self._judge(reply)  # Asterisk stamps its Ping reply
             self._last_alive = self.clock.now()
             if self.queue_depth >= 1000:
                 log.warning("ami.queue_backlog", queue_depth=self.queue_depth)
@@ -584,10 +600,10 @@ class AmiLink:
         lists: dict[str, tuple[Message, ...]] = {}
 
         def pinged(reply: Result) -> None:
-            stamp = reply.timestamp if isinstance(reply, Message) else None
-            if stamp is not None:
-                self.clock.observe(stamp)
-                pbx_at.append(stamp)
+            if isinstance(reply, Message) and "Timestamp" in reply.headers:
+                verdict = self._judge(reply)
+                if verdict.believed and verdict.at is not None:
+                    pbx_at.append(verdict.at)
 
         def collected(kind: str) -> Callable[[Result], None]:
             def done(result: Result) -> None:
@@ -655,13 +671,26 @@ class AmiLink:
     # callbacks from the protocol: synchronous, never raise
 
     def _on_event(self, message: Message) -> None:
-        """The one event callback (defect 2): note the time, enqueue. Nothing else."""
-        stamp = message.timestamp
-        if stamp is not None:
-            self.clock.observe(stamp)
+        """The one event callback (defect 2): judge the stamp, note the time, enqueue. Nothing else."""
+        if "Timestamp" in message.headers:
+            verdict = self._judge(message)
+            if not verdict.believed and verdict.at is not None:
+                message = message.restamped(verdict.at)
         now = self._last_alive = self.clock.now()
         self._enqueue(Received(message, now))
+        stamp = message.timestamp  # as believed, or as replaced
         self.observer.event_received(message.event or "", None if stamp is None else time.time() - stamp)
+
+    def _judge(self, message: Message) -> Verdict:
+        """Judge a message's `Timestamp` (telephony.stamps); the first one replaced in a session is
+        logged, with how many there were when the session ends."""
+        verdict = self.clock.judge(message.headers["Timestamp"])
+        if not verdict.believed:
+            self._replaced_stamps += 1
+            if self._replaced_stamps == 1:
+                log.warning("ami.timestamp_replaced", message=message.event or message.response,
+                            reason=verdict.reason, used=verdict.at, hint="others are counted")  # fmt: skip
+        return verdict
 
     def _on_malformed(self, frame: Malformed) -> None:
         self.malformed += 1
@@ -677,6 +706,8 @@ class AmiLink:
             self.observer.session_ended(reason)
             level = log.info if self._stopping.is_set() else log.warning
             level("ami.session_lost", reason=reason, queue_depth=self.queue_depth)
+            if self._replaced_stamps > 1:
+                log.warning("ami.timestamps_replaced", count=self._replaced_stamps)
 
     def _enqueue(self, item: Item) -> None:
         self.queue.put_nowait(item)

@@ -11,10 +11,11 @@ timestamps once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from telephony.framing import FrameReader, Malformed, Message
+from telephony.stamps import StreamClock
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,17 @@ def parse_timing(lines: Iterable[str]) -> list[Chunk]:
 
 
 def read_capture(
-    data: bytes, timing: list[Chunk] | None = None, wanted: Iterable[str] | None = None
+    data: bytes,
+    timing: list[Chunk] | None = None,
+    wanted: Iterable[str] | None = None,
+    on_replaced: Callable[[Message, str], None] | None = None,
 ) -> Iterator[tuple[Message | Malformed, float]]:
-    """Yield (message, receive time) for every message of a capture, in order."""
+    """Yield (message, receive time) for every message of a capture, in order.
+
+    A `Timestamp` that is not believed (telephony.stamps: the sidecar's receive times are the
+    receive clock) is replaced by the estimate, or removed while the capture has given no time
+    yet, and reported to `on_replaced(message, reason)`.
+    """
     reader = FrameReader(wanted)
     if timing:
         chunks = [(data[c.offset : c.offset + c.length], c.wall) for c in timing]
@@ -50,9 +59,13 @@ def read_capture(
             chunks.append((data[covered:], timing[-1].wall))
     else:
         chunks = [(data, 0.0)]
+    clock = StreamClock()
     last = 0.0
     for chunk, wall in chunks:
-        for message in reader.feed(chunk):
+        for framed in reader.feed(chunk):
+            message = framed
+            if isinstance(framed, Message) and "Timestamp" in framed.headers:
+                message = _judged(framed, clock, wall if timing else None, on_replaced)
             if timing:
                 last = wall
             elif isinstance(message, Message) and message.timestamp is not None:
@@ -60,3 +73,19 @@ def read_capture(
             yield message, last
     for leftover in reader.flush():
         yield leftover, last
+
+
+def _judged(
+    message: Message,
+    clock: StreamClock,
+    received: float | None,
+    on_replaced: Callable[[Message, str], None] | None,
+) -> Message:
+    verdict = clock.judge(message.headers["Timestamp"], received)
+    if verdict.reason is None:
+        return message
+    if on_replaced is not None:
+        on_replaced(message, verdict.reason)
+    if verdict.at is None:
+        return Message({key: value for key, value in message.headers.items() if key != "Timestamp"})
+    return message.restamped(verdict.at)

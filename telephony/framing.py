@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from telephony.stamps import read_stamp
+
 BANNER_PREFIX = b"Asterisk Call Manager/"
 _END = b"\r\n\r\n"
 _EVENT = b"Event: "
@@ -53,14 +55,14 @@ class Message:
 
     @property
     def timestamp(self) -> float | None:
-        """The `Timestamp` header as epoch seconds, or None when absent or unreadable."""
+        """The `Timestamp` header as epoch seconds, or None when absent, unreadable or not a
+        plausible time (`inf`, `nan`, `-1`, `1e300`: see telephony.stamps)."""
         raw = self.headers.get("Timestamp")
-        if raw is None:
-            return None
-        try:
-            return float(raw)
-        except ValueError:
-            return None
+        return None if raw is None else read_stamp(raw)
+
+    def restamped(self, at: float) -> Message:
+        """The same message with `Timestamp` set to `at` (a stamp that was not believed, replaced)."""
+        return Message({**self.headers, "Timestamp": f"{at:.6f}"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ BIN = Path(sys.executable).parent
 
 PURE_MODULES = [
     "telephony.framing",
+    "telephony.stamps",
     "telephony.numbers",
     "telephony.roles",
     "telephony.effects",

@@ -33,7 +33,7 @@ from daemon.settings import ConfigError, Settings, load_settings
 from telephony.calls import WANTED_EVENTS
 from telephony.capture import parse_timing, read_capture
 from telephony.effects import Anomaly, Conversation, ConversationEnded
-from telephony.framing import Malformed
+from telephony.framing import Malformed, Message
 
 
 def register(subparsers: Any) -> None:
@@ -57,7 +57,16 @@ def measure_capture(path: Path, settings: Settings, timing_path: Path | None = N
     tracker = settings.call_tracker()
     finished: list[Conversation] = []
     progress = Progress(f"measuring {path.name}")
-    for count, (message, received_at) in enumerate(read_capture(path.read_bytes(), timing, WANTED_EVENTS)):
+    replaced = 0
+
+    def warn_once(message: Message, reason: str) -> None:
+        nonlocal replaced
+        replaced += 1
+        if replaced == 1:
+            print(f"talkmeter: warning: {message.event}: {reason}; the estimate is used", file=sys.stderr)
+
+    captured = read_capture(path.read_bytes(), timing, WANTED_EVENTS, warn_once)
+    for count, (message, received_at) in enumerate(captured):
         progress.update(count, f" events, {len(finished):,} conversations")
         if isinstance(message, Malformed):
             print(
@@ -70,6 +79,8 @@ def measure_capture(path: Path, settings: Settings, timing_path: Path | None = N
     for effect in tracker.close_all():
         _collect(effect, finished)
     progress.close()
+    if replaced > 1:
+        print(f"talkmeter: warning: {replaced} Timestamps were not believed in all", file=sys.stderr)
     return finished
 
 

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from daemon.service import serve
+from daemon.settings import Settings
 from telephony.simulator import AmiSimulator, Trace, load_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +108,33 @@ def compare(rows: list[asyncpg.Record], expected: list[dict[str, Any]]) -> Compa
         result.talk_error.append(row["talk_ms"] / 1000 - conversation["talk_seconds"])
     result.doubled = [row["conversation_id"] for left in by_number.values() for row in left]
     return result
+
+
+# --- the service in-process --------------------------------------------------------------------
+
+
+def settings(port: int, dsn: str, spool: Path, **extra: Any) -> Settings:
+    """Settings for a service in this process against the simulator on `port`."""
+    values: dict[str, Any] = {"ami_reconnect_min": 0.05, "ami_reconnect_max": 0.2, **extra}
+    return Settings(ami_port=port, ami_secret=SECRET, database_url=dsn, spool_dir=spool, **values)
+
+
+async def serve_until_recorded(trace: str | Trace, dsn: str, spool: Path, count: int, **extra: Any) -> None:
+    """Run the service in this process on `trace` (at full speed) until the ledger holds `count`
+    conversations, then stop it; a service that dies raises its error."""
+    played = load_trace(TRACES / f"{trace}.ami") if isinstance(trace, str) else trace
+    async with AmiSimulator(played, secret=SECRET, speed=0) as sim:
+        stop = asyncio.Event()
+        service = asyncio.create_task(serve(settings(sim.port, dsn, spool, **extra), stop, stop_grace=2.0))
+        async with asyncio.timeout(GUARD):
+            while len(await ledger(dsn)) < count:
+                if service.done():
+                    service.result()  # the service died: say why
+                    raise AssertionError("the service stopped on its own")
+                await asyncio.sleep(0.05)  # polls the database: nothing tells us when a row lands
+        stop.set()
+        async with asyncio.timeout(GUARD):
+            await service
 
 
 # --- one `talkmeter run` process ------------------------------------------------------------------

@@ -15,37 +15,29 @@ import pytest
 
 from daemon.journal import encode
 from daemon.live import Pipeline
-from daemon.service import Checkpoints, serve
-from daemon.settings import Settings
+from daemon.service import Checkpoints
 from daemon.writer import ConversationWriter, Spool
 from telephony.simulator import AmiSimulator, load_trace
 
-from .harness import GUARD, SECRET, TRACES, Harness, compare, full_disk, ledger, truth
+from .harness import (
+    GUARD,
+    SECRET,
+    TRACES,
+    Harness,
+    compare,
+    full_disk,
+    ledger,
+    serve_until_recorded,
+    settings,
+    truth,
+)
 
 TALK_TOLERANCE = 0.2  # seconds: the trace's own AMI-vs-SIP difference is far below this
-
-
-def settings(port: int, dsn: str, spool: Path, **extra: Any) -> Settings:
-    values: dict[str, Any] = {"ami_reconnect_min": 0.05, "ami_reconnect_max": 0.2, **extra}
-    return Settings(ami_port=port, ami_secret=SECRET, database_url=dsn, spool_dir=spool, **values)
 
 
 def quarantined(directory: Path) -> list[dict[str, Any]]:
     path = directory / "quarantine.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-async def serve_trace(name: str, dsn: str, spool: Path, count: int) -> None:
-    """Run the service in-process on trace `name` until `count` conversations are in the ledger."""
-    async with AmiSimulator(load_trace(TRACES / f"{name}.ami"), secret=SECRET, speed=0) as sim:
-        stop = asyncio.Event()
-        service = asyncio.create_task(serve(settings(sim.port, dsn, spool), stop, stop_grace=2.0))
-        async with asyncio.timeout(GUARD):
-            while len(await ledger(dsn)) < count and not service.done():  # noqa: ASYNC110 (polls the database)
-                await asyncio.sleep(0.05)
-        stop.set()
-        async with asyncio.timeout(GUARD):
-            await service
 
 
 class SlowDisk(Spool):
@@ -102,7 +94,7 @@ async def test_a_torn_spool_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
     earlier = {**_earlier_conversation(), "conversation_id": "default:earlier"}
     (directory).mkdir()
     (directory / "pending.records").write_bytes(encode(earlier) + encode(_earlier_conversation())[:40])
-    await serve_trace("inbound_answered", db_dsn, tmp_path, count=2)
+    await serve_until_recorded("inbound_answered", db_dsn, tmp_path, count=2)
     rows = await ledger(db_dsn)
     assert rows[0]["conversation_id"] == "default:earlier"
     result = compare(rows[1:], truth("inbound_answered"))
@@ -128,7 +120,7 @@ async def test_malformed_files_at_start_are_quarantined_and_the_service_runs(
     earlier = json.dumps({**_earlier_conversation(), "conversation_id": "default:earlier"}).encode()
     (directory / "pending.jsonl").write_bytes(earlier + b"\n" + spool_line + b"\n")  # an older version's
     (directory / "open.json").write_bytes(checkpoint)
-    await serve_trace("hold", db_dsn, tmp_path, count=2)
+    await serve_until_recorded("hold", db_dsn, tmp_path, count=2)
     rows = await ledger(db_dsn)
     assert rows[0]["conversation_id"] == "default:earlier"
     result = compare(rows[1:], truth("hold"))

@@ -12,18 +12,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.service import Checkpoints, Database, serve
-from daemon.settings import Settings
 from daemon.supervision import StopForced, TaskDied, cancel_within
 from daemon.writer import Spool
 from telephony.effects import Effect, TalkStarted
 from telephony.simulator import AmiSimulator, load_trace
 
-from .harness import GUARD, SECRET, TRACES, Harness, full_disk
-
-
-def settings(port: int, dsn: str, spool: Path, **extra: Any) -> Settings:
-    values: dict[str, Any] = {"ami_reconnect_min": 0.05, "ami_reconnect_max": 0.2, **extra}
-    return Settings(ami_port=port, ami_secret=SECRET, database_url=dsn, spool_dir=spool, **values)
+from .harness import GUARD, SECRET, TRACES, Harness, full_disk, settings
 
 
 def simulator(trace: str, speed: float) -> AmiSimulator:
