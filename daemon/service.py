@@ -66,15 +66,32 @@ _TRANSIENT = (RetryableStorageError, OSError, TimeoutError, asyncpg.PostgresConn
 
 
 class Database:
-    """The accounting store behind one lazily created pool; the schema is checked once, on connect."""
+    """The accounting store behind one lazily created pool; the schema is checked once, on connect.
 
-    def __init__(self, dsn: str) -> None:
+    Every connection attempt, statement and whole recording is bounded by `timeout`: PostgreSQL
+    that does not answer in time (a half-open link, a hung server) is a *stall*. It is logged
+    (`database.stalled`), the pool is dropped (its other connections are likely dead as well) and
+    the error is transient, so the writer retries on fresh connections. The server is told to end a
+    transaction whose client went silent (`idle_in_transaction_session_timeout`), so that the locks
+    of a write cut off mid-way do not hold up the retry.
+    """
+
+    def __init__(self, dsn: str, timeout: float = 15.0) -> None:
         self._dsn = dsn
+        self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
 
     async def record(self, conversation: dict[str, Any]) -> None:
         pool = await self._connect()
-        await record_conversation(pool, conversation)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await record_conversation(pool, conversation)
+        except (TimeoutError, RetryableStorageError) as error:
+            if _timed_out(error):
+                log.warning("database.stalled", waited=self._timeout,
+                            hint="no answer from PostgreSQL: reconnecting, the write is retried")  # fmt: skip
+                self._drop()
+            raise
 
     async def check_at_start(self) -> None:
         """Refuse to start on a wrong schema; a database that is merely down is not a reason."""
@@ -91,8 +108,12 @@ class Database:
     async def _connect(self) -> asyncpg.Pool:
         if self._pool is not None:
             return self._pool
+        idle_limit = f"{int(self._timeout * 2000)}ms"  # twice our own patience, in milliseconds
         try:
-            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4, timeout=10)
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=4, timeout=self._timeout, command_timeout=self._timeout,
+                server_settings={"idle_in_transaction_session_timeout": idle_limit},
+            )  # fmt: skip
         except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as error:
             raise FatalStorageError(f"PostgreSQL refused the login: {error}") from error
         except asyncpg.InvalidCatalogNameError as error:
@@ -100,18 +121,40 @@ class Database:
         except (asyncpg.ClientConfigurationError, ValueError) as error:  # an option asyncpg refuses
             raise FatalStorageError(f"database_url: {error}") from error
         try:
-            async with pool.acquire() as conn:
+            async with asyncio.timeout(self._timeout), pool.acquire() as conn:
                 await check_schema(conn)
         except SchemaError as error:
-            await pool.close()
+            pool.terminate()
             raise FatalStorageError(str(error)) from error
+        except BaseException:
+            pool.terminate()
+            raise
         log.info("database.connected")
         self._pool = pool
         return pool
 
-    async def close(self) -> None:
+    def _drop(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
+            self._pool.terminate()
+            self._pool = None
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._pool.close()
+        except TimeoutError:
+            self._drop()
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    """A timeout, or an error caused by one (accounting wraps the driver's timeouts)."""
+    while error is not None:
+        if isinstance(error, TimeoutError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def is_transient(error: BaseException) -> bool:
@@ -204,7 +247,7 @@ async def serve(
     `on_effect` sees every live effect of the call model (the hook for live alerts, and for tests).
     """
     metrics = metrics or Metrics.with_process_metrics()
-    database = database or Database(settings.dsn())
+    database = database or Database(settings.dsn(), settings.database_timeout)
     await database.check_at_start()
     spool_dir = settings.spool_dir / settings.pbx
     disk = DiskThread()

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     pbx: str = "default"
     # Storage
     database_url: SecretStr | None = None
+    database_timeout: float = Field(15.0, gt=0)
     spool_dir: Path = Path("/var/lib/talkmeter")
     checkpoint_interval: float = Field(5.0, gt=0)
     # Running

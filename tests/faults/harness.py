@@ -432,7 +432,8 @@ class PgProxy:
 
     Refusing closes the listening socket and every relayed connection (a PostgreSQL restart);
     stalling keeps every connection open but relays nothing more, and new connections are accepted
-    and stall too (a half-open link: the packets vanish, nobody says so).
+    and stall too (a half-open link: the packets vanish, nobody says so). While stalled, a client
+    that gives up is not noticed by the server either: its side stays open until `heal`.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -444,6 +445,7 @@ class PgProxy:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
+        self._parked: list[asyncio.StreamWriter] = []  # server sides kept open by a stall
 
     @property
     def dsn(self) -> str:
@@ -456,22 +458,27 @@ class PgProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def refuse(self) -> None:
+        for writer in [*self._connections, *self._parked]:
+            writer.transport.abort()
+        self._parked.clear()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        for writer in list(self._connections):
-            writer.transport.abort()
 
     def stall(self) -> None:
         self.stalled = True
 
     async def heal(self) -> None:
         self.stalled = False
+        for writer in self._parked:
+            writer.transport.abort()
+        self._parked.clear()
         if self._server is None:
             await self.start()
 
     async def stop(self) -> None:
+        self.stalled = False
         await self.refuse()
         for relay in list(self._relays):
             relay.cancel()
@@ -497,12 +504,18 @@ class PgProxy:
         ]
         self._relays.update(relays)
         try:
-            await asyncio.gather(*relays, return_exceptions=True)
+            await asyncio.wait(relays, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for relay in relays:
+                relay.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
             self._relays.difference_update(relays)
-            for end in (writer, upstream_writer):
-                self._connections.discard(end)
-                end.transport.abort()
+            self._connections.difference_update({writer, upstream_writer})
+            writer.transport.abort()
+            if self.stalled:
+                self._parked.append(upstream_writer)  # the server does not hear of it
+            else:
+                upstream_writer.transport.abort()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
