@@ -15,6 +15,7 @@ Error messages never contain a secret: not the AMI secret, not the database URL.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ def _port(value: int) -> int:
 
 
 Port = Annotated[int, AfterValidator(_port)]
+_PBX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Settings(BaseSettings):
@@ -125,6 +127,14 @@ class Settings(BaseSettings):
                 f"({self.ami_reconnect_max:g}): make the minimum the smaller one"
             )
         return self
+
+    @field_validator("pbx")
+    @classmethod
+    def _safe_pbx_name(cls, name: str) -> str:
+        # The name is a directory under spool_dir and the prefix of every conversation id.
+        if not _PBX_NAME.fullmatch(name):
+            raise ValueError("use 1 to 64 ASCII letters, digits, '.', '_', '-' (a letter or digit first)")
+        return name
 
     def call_tracker(self) -> CallTracker:
         """A fresh call model configured by these settings (roles, debounce, region, PBX name)."""

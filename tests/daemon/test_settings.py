@@ -207,3 +207,16 @@ def test_the_database_url_is_checked_without_ever_repeating_it() -> None:
     for url, problem in bad.items():
         message = dsn_problem(url)
         assert message is not None and problem in message and ":p@" not in message
+
+
+@pytest.mark.parametrize("name", ["../../x", "..", ".", "", "a/b", "msk x", "-msk", "x" * 65, "мск", "a\0b"])
+def test_a_pbx_name_is_restricted_to_safe_characters(name: str) -> None:
+    """Was: `pbx = "../../x"` put the spool outside `spool_dir` (the name is a directory in it)."""
+    with pytest.raises(ConfigError, match="pbx"):
+        load_settings(pbx=name)
+
+
+@pytest.mark.parametrize("name", ["default", "msk", "msk-2", "spb_office.1", "A1", "x" * 64])
+def test_ordinary_pbx_names_are_accepted(name: str, tmp_path: Path) -> None:
+    settings = load_settings(pbx=name, spool_dir=tmp_path)
+    assert (settings.spool_dir / settings.pbx).resolve().parent == tmp_path.resolve()
