@@ -74,7 +74,10 @@ backwards.
 After a reconnect the shell feeds a `Snapshot` (CoreShowChannels + BridgeList). Channels the model
 does not know are adopted (their conversations flagged `estimated`); channels it knows that are gone
 hung up during the outage: their conversations end at the last moment the model saw anything, also
-`estimated`. Channels that hung up after the snapshot was taken are not resurrected.
+`estimated`. Channels that hung up after the snapshot was taken are not resurrected. A client
+channel first seen in some other event than Newchannel is adopted too, but its conversation stays
+unconfirmed until the channel talks or a snapshot lists it: a stray event alone (a Newstate for a
+channel never seen) ends as an `Anomaly`, not as a phantom conversation in the ledger.
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ class _Track:
     cut_off_at: float | None = None  # when the client lost its consultant (debounce running)
     stop_reported: bool = False  # TalkStopped already sent for this cut-off
     resumed_from: float | None = None  # restored from a checkpoint taken at this time
+    confirmed: bool = True  # False while only a stray event vouches for it (see `_channel_of`)
     hold: _Hold | None = None
     connected: tuple[str, ...] = ()  # consultants connected right now
     cut_off_by: frozenset[str] = frozenset()  # the channels whose move cut the client off
@@ -298,7 +302,7 @@ class CallTracker:
 
     def checkpoint(self, at: float) -> list[dict[str, Any]]:
         """The open conversations as plain data, so that a daemon restart loses no talk (`restore`)."""
-        saved = [_checkpoint_of(track, at) for track in self._tracks.values()]
+        saved = [_checkpoint_of(track, at) for track in self._tracks.values() if track.confirmed]
         return saved + list(self._restored.values())
 
     def restore(self, saved: Iterable[dict[str, Any]]) -> None:
@@ -545,9 +549,13 @@ class CallTracker:
         detail = f"adopted {channel.name} first seen in {message.event}"
         effects.append(Anomaly(at, "unknown_channel", detail))
         if channel.role is Role.CLIENT:
-            # Its creation was missed: a call in progress is most often a call in.
+            # Its creation was missed: a call in progress is most often a call in. It stays
+            # unconfirmed until it talks or a snapshot lists it: a stray event alone (a Newstate for
+            # a channel never seen) must not put a phantom conversation in the ledger.
             direction: Direction | None = "inbound" if _rings(message) else None
-            self._start_conversation(channel, message, direction, at, True, effects, "inbound")
+            self._start_conversation(
+                channel, message, direction, at, True, effects, "inbound", confirmed=False
+            )
         return channel
 
     def _bridge(self, bridge_id: str, message: Message) -> _Bridge:
@@ -606,6 +614,9 @@ class CallTracker:
         effects: list[Effect],
     ) -> None:
         channel = self._channels.get(uniqueid)
+        track = self._tracks.get(uniqueid)
+        if track is not None:
+            self._confirm(track, effects)  # the PBX lists it: a real call
         if channel is None:
             created = at - _duration(item.get("Duration"))
             channel = self._add_channel(item, created, effects)
@@ -782,6 +793,7 @@ class CallTracker:
         estimated: bool,
         effects: list[Effect],
         fallback: Direction,
+        confirmed: bool = True,
     ) -> None:
         """Open the client's conversation; `direction` None = undecided, `fallback` if it stays so."""
         line = (message.get("Exten") or None) if direction == "inbound" else None
@@ -801,10 +813,11 @@ class CallTracker:
         if saved is not None:
             self._tracks[channel.uniqueid] = _resumed_track(channel.uniqueid, saved, conversation)
             return
-        track = _Track(channel.uniqueid, conversation, last_seen=at, fallback=fallback)
+        track = _Track(channel.uniqueid, conversation, last_seen=at, fallback=fallback, confirmed=confirmed)
         track.first_exten = message.get("Exten")
         self._tracks[channel.uniqueid] = track
-        effects.append(ConversationStarted(at, conversation))
+        if confirmed:
+            effects.append(ConversationStarted(at, conversation))
 
     def _decide(self, track: _Track, direction: Direction, exten: str) -> None:
         """The first event that shows what the PBX did with the client's channel decides."""
@@ -888,6 +901,7 @@ class CallTracker:
             self._reconnect(track, at, effects, moved)
         current = track.open_segment
         if current is None:
+            self._confirm(track, effects)
             track.open_segment = Segment(consultant, at, at, hold)
             effects.append(TalkStarted(at, track.conversation.conversation_id, consultant))
         elif (current.consultant, current.hold) != (consultant, hold):
@@ -963,9 +977,19 @@ class CallTracker:
         track.hold = None
         effects.append(HoldStopped(at, track.conversation.conversation_id))
 
+    def _confirm(self, track: _Track, effects: list[Effect]) -> None:
+        """A conversation adopted from a stray event turns out real (it talks, or is listed)."""
+        if not track.confirmed:
+            track.confirmed = True
+            effects.append(ConversationStarted(track.conversation.started_at, track.conversation))
+
     def _end_conversation(self, uniqueid: str, at: float, effects: list[Effect], estimated: bool) -> None:
         track = self._tracks.pop(uniqueid)
         self._debouncing.discard(uniqueid)
+        if not track.confirmed:
+            detail = f"{track.conversation.channel}: only a stray event ever showed it; not recorded"
+            effects.append(Anomaly(at, "phantom_conversation", detail))
+            return
         at = self._conversation_time(track, at)
         if track.hold is not None:
             self._end_hold(track, at, effects)
@@ -1080,7 +1104,9 @@ def check_checkpoint(item: dict[str, Any]) -> None:
         _expect(item, key, isinstance(item.get(key), str))
     for key in ("client_number", "line"):
         _expect(item, key, item.get(key) is None or isinstance(item.get(key), str))
-    _expect(item, "direction", item.get("direction") in ("inbound", "outbound"))
+    _expect(item, "direction", item.get("direction") in ("inbound", "outbound", None))  # None: undecided
+    _expect(item, "fallback", item.get("fallback", "inbound") in ("inbound", "outbound"))
+    _expect(item, "first_exten", isinstance(item.get("first_exten", ""), str))
     _expect(item, "at", _is_time(item.get("at")))
     _expect(item, "started_at", _is_time(item.get("started_at")))
     consultants = item.get("consultants")

@@ -158,11 +158,11 @@ async def test_the_database_sees_a_conversation_only_once_it_is_on_disk(tmp_path
 # --- the checkpoint ---------------------------------------------------------------------------------
 
 
-def checkpoint_items() -> list[dict[str, Any]]:
-    """Real checkpoints: long_call's open conversation at every event."""
+def checkpoint_items(trace: str = "hold") -> list[dict[str, Any]]:
+    """Real checkpoints: the trace's open conversations at every event."""
     tracker = CallTracker()
     saved: list[dict[str, Any]] = []
-    for message, received_at in read_capture((TRACES / "hold.ami").read_bytes()):
+    for message, received_at in read_capture((TRACES / f"{trace}.ami").read_bytes()):
         if isinstance(message, Message):
             tracker.feed(message, received_at)
             saved.extend(tracker.checkpoint(received_at))
@@ -170,8 +170,9 @@ def checkpoint_items() -> list[dict[str, Any]]:
 
 
 def test_every_checkpoint_the_model_takes_is_valid() -> None:
-    items = checkpoint_items()
+    items = [item for trace in ("hold", "outbound", "attended_transfer") for item in checkpoint_items(trace)]
     assert items and any(item["open"] for item in items) and any(item["hold"] for item in items)
+    assert {item["direction"] for item in items} == {"inbound", "outbound", None}  # None: undecided yet
     for item in items:
         check_checkpoint(item)
 

@@ -390,6 +390,47 @@ def test_events_for_channels_never_seen_are_adopted_as_estimated() -> None:
     assert shape(conversation) == [("102", 3.0, False), ("102", 2.0, True)]
 
 
+def test_a_state_change_of_a_trunk_channel_never_seen_is_no_conversation() -> None:
+    """Was: a Newstate for a trunk channel never seen started a conversation, and a phantom 0 s
+    conversation reached the ledger when it hung up (or at shutdown)."""
+    pbx = Pbx()
+    ghost = Chan("PJSIP/trunk-000000ff", "1795699999.99", "Up", "+74950000001", "s")
+    pbx.emit("Newstate", ghost)
+    pbx.after(1)
+    tracker = CallTracker()
+    conversations, effects = run(pbx.events, tracker)  # never hung up: closed by close_all
+    assert conversations == []
+    assert not any(isinstance(e, ConversationStarted) for e in effects)
+    assert [e.kind for e in effects if isinstance(e, Anomaly)] == ["unknown_channel", "phantom_conversation"]
+    pbx.emit("Hangup", ghost, Cause="16")
+    assert run(pbx.events)[0] == []
+
+
+def test_a_channel_first_seen_in_an_event_is_kept_once_the_snapshot_lists_it() -> None:
+    """Adopted from an event just before the snapshot that lists it: a real call, kept though it
+    never talked (a caller who gave up while we were reconnecting)."""
+    pbx = Pbx()
+    caller = Chan("PJSIP/trunk-000000fe", "1795699999.98", "Ring", "+74950000002", "74950000000")
+    pbx.emit("Newstate", caller)
+    snapshot = Snapshot(pbx.now, [pbx.snapshot_item(caller, "00:00:04")])
+    pbx.after(2)
+    pbx.emit("Hangup", caller, Cause="16")
+    tracker = CallTracker()
+    assert tracker.checkpoint(pbx.now) == []
+    (conversation,), effects = run(pbx.events, tracker, snapshots={1: snapshot})
+    assert (conversation.estimated, conversation.talk_seconds) == (True, 0.0)
+    assert sum(isinstance(e, ConversationStarted) for e in effects) == 1
+
+
+def test_a_phantom_is_not_checkpointed() -> None:
+    pbx = Pbx()
+    pbx.emit("Newstate", Chan("PJSIP/trunk-000000fd", "1795699999.97", "Up", "+74950000003", "s"))
+    tracker = CallTracker()
+    for message in pbx.events:
+        tracker.feed(message, pbx.now)
+    assert tracker.checkpoint(pbx.now) == []
+
+
 def test_resync_adopts_calls_in_progress_and_closes_calls_that_ended_unseen() -> None:
     pbx = Pbx()
     gone, gone_agent, _ = answered_by_101(pbx)
