@@ -4,7 +4,9 @@ Accounting takes the dict that `talkmeter replay --dry-run` prints (one per conv
 never the call model's own classes. Times become integer epoch milliseconds here, rounded half
 up from Asterisk's microseconds: allowances are consumed with millisecond precision, and integer
 arithmetic keeps "free + prepaid + paid = talk" exact. Adjacent segments share their boundary,
-so rounding each boundary once can neither open gaps nor create overlaps.
+so rounding each boundary once can neither open gaps nor create overlaps. Text is cleaned on the
+way in (no control characters, bounded length): a spool written by an older version may hold
+what PostgreSQL cannot.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+from telephony.framing import printable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -92,17 +96,17 @@ def _parse(data: Mapping[str, Any]) -> FinishedConversation:
     started_at, ended_at = parse_time(data["started_at"]), parse_time(data["ended_at"])
     _check_intervals(intervals, to_ms(started_at), to_ms(ended_at))
     wait = data.get("wait_seconds")
-    conversation_id = str(data["conversation_id"])
+    conversation_id = printable(str(data["conversation_id"]))
     if not conversation_id:
         raise ValueError("empty conversation_id")
     return FinishedConversation(
         conversation_id=conversation_id,
-        pbx=str(data.get("pbx") or "default"),
+        pbx=printable(str(data.get("pbx") or "default")),
         direction=direction,
-        client_number=data.get("client_number") or None,
-        client_number_raw=str(data.get("client_number_raw") or ""),
-        line=data.get("line") or None,
-        consultants=tuple(str(name) for name in data.get("consultants") or ()),
+        client_number=_text(data.get("client_number")),
+        client_number_raw=printable(str(data.get("client_number_raw") or "")),
+        line=_text(data.get("line")),
+        consultants=tuple(printable(str(name)) for name in data.get("consultants") or ()),
         started_at=started_at,
         answered_at=parse_time(data["answered_at"]) if data.get("answered_at") else None,
         ended_at=ended_at,
@@ -112,13 +116,18 @@ def _parse(data: Mapping[str, Any]) -> FinishedConversation:
     )
 
 
+def _text(value: object) -> str | None:
+    """Optional text as PostgreSQL can hold it (telephony.framing.printable), None when empty."""
+    return printable(str(value)) or None if value else None
+
+
 def _interval(segment: Mapping[str, Any]) -> Interval:
     consultant = segment.get("consultant")
     return Interval(
         start_ms=to_ms(parse_time(segment["start"])),
         end_ms=to_ms(parse_time(segment["end"])),
         hold=bool(segment.get("hold", False)),
-        consultant=None if consultant is None else str(consultant),
+        consultant=None if consultant is None else printable(str(consultant)),
     )
 
 

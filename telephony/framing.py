@@ -16,10 +16,17 @@ pipeline run well above panoramisk's own parser.
 Repeated headers (`ChanVariable`) keep their first value; nothing we read repeats.
 Undecodable bytes: a message that is not valid UTF-8 is decoded as CP1251 (the usual legacy
 encoding of Russian phones and trunks) rather than losing bytes.
+
+Input that cannot hurt: every key and value is stripped of control characters (a caller ID with a
+NUL byte once sent its whole conversation to the rejected file: PostgreSQL text cannot hold NUL)
+and cut to `MAX_VALUE_CHARS` (a 500 KB caller ID was stored verbatim). The raw caller ID the
+conversation keeps is this cleaned value. One regular-expression look at the decoded frame decides
+whether the slow, cleaning path is needed at all.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +37,12 @@ _END = b"\r\n\r\n"
 _EVENT = b"Event: "
 #: a frame larger than this without a terminator is garbage (Asterisk's own limit is far lower)
 MAX_FRAME_BYTES = 1 << 20
+#: the longest header value kept; what the call model reads (channel names, caller IDs, extensions)
+#: is far shorter, and nothing longer may reach the database
+MAX_VALUE_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: control bytes other than CR and LF (deleted by `bytes.translate`: a frame that shrinks has some)
+_CONTROL_BYTES = bytes([*range(0x00, 0x0A), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +93,38 @@ def decode(raw: bytes) -> str:
         return raw.decode("cp1251", errors="replace")
 
 
+def printable(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """`text` without control characters (Unicode Cc: NUL, escapes, stray CR or LF), at most
+    `limit` characters long: what may reach the call model or the database."""
+    return _CONTROL.sub("", text)[:limit]
+
+
+def _needs_cleaning(frame: bytes) -> bool:
+    """A cheap look at the raw frame: may it hold a control character? (C0 and DEL, a CR or LF
+    that is not a line break, or a `\xc2` lead byte, which U+0080..U+009F start with in UTF-8)"""
+    return (
+        len(frame.translate(None, _CONTROL_BYTES)) != len(frame)
+        or b"\xc2" in frame
+        or frame.count(b"\r") != frame.count(b"\n")
+    )
+
+
 def parse_frame(frame: bytes) -> Message | Malformed:
     """Parse one complete frame (without its terminating empty line)."""
     headers: dict[str, str] = {}
-    for line in decode(frame).split("\r\n"):
+    text = decode(frame)
+    unsafe = _needs_cleaning(frame)
+    for line in text.split("\r\n"):
         key, sep, value = line.partition(": ")
+        if unsafe:
+            key, value = printable(key), printable(value)
+        elif len(value) > MAX_VALUE_CHARS:
+            value = value[:MAX_VALUE_CHARS]
         if not sep:
             if line.startswith("Asterisk Call Manager/"):
-                headers.setdefault("Banner", line)
+                headers.setdefault("Banner", printable(line))
             elif line.endswith(":") and line[:-1] and " " not in line:
-                headers.setdefault(line[:-1], "")  # `Key:` with an empty value
+                headers.setdefault(printable(line[:-1]), "")  # `Key:` with an empty value
             continue  # a stray line without a colon is skipped; the rest of the frame still counts
         headers.setdefault(key, value)
     if not headers:

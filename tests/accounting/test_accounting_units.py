@@ -111,6 +111,16 @@ def test_conversation_dict_is_validated() -> None:
             parse_conversation(broken)
 
 
+def test_text_is_cleaned_and_bounded_before_the_database() -> None:
+    """A NUL byte sent a whole conversation to rejected.jsonl (PostgreSQL text cannot hold one),
+    unbilled; a 500 KB caller ID was stored verbatim."""
+    data = conversation_dict("x\x00", "2026-11-24T10:00:00+03:00", (0, 1))
+    data.update(client_number_raw="+7495\x00123" + "4" * 500_000, consultants=["10\x001"], line="7495\x1b0")
+    parsed = parse_conversation(data)
+    assert (parsed.conversation_id, parsed.consultants, parsed.line) == ("x", ("101",), "74950")
+    assert parsed.client_number_raw.startswith("+7495123") and len(parsed.client_number_raw) == 256
+
+
 def test_microseconds_round_half_up_to_milliseconds() -> None:
     data = conversation_dict("x", "2026-11-24T10:00:00.000500+03:00", (0, 1))
     data["segments"][0]["start"] = "2026-11-24T07:00:00.000500+00:00"

@@ -268,6 +268,10 @@ class Harness:
             **(settings or {}),
         }
         self.instances = instances
+        # The talk a kill or a death may lose, in trace seconds: a call that started talking after
+        # the last checkpoint is counted from the next snapshot. That is the checkpoint interval,
+        # plus the events already read when the process went (a tenth of a second, at `speed`).
+        self.loss_bound = float(self.settings["checkpoint_interval"]) * speed + 0.1 * speed  # type: ignore[arg-type]
         self.simulator = AmiSimulator(self.trace, secret=SECRET, speed=speed, pause_when_alone=True)
         self.daemons: list[Daemon] = []
         self.changed = asyncio.Condition()

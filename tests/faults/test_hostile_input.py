@@ -6,20 +6,16 @@ live, what arrived in PostgreSQL) with the trace's truth.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from daemon.commands.replay import measure_capture
-from daemon.service import serve
-from daemon.settings import Settings
-from telephony.simulator import AmiSimulator, parse_trace
+from telephony.simulator import parse_trace
 
-from .harness import GUARD, SECRET, TRACES, ledger, truth
+from .harness import TRACES, ledger, serve_until_recorded, settings, truth
 
 TRUNK = "PJSIP/trunk-0000006f"  # the client's channel in long_call
 BRIDGED_AT = "1795716685.733758"  # its BridgeEnter
@@ -40,28 +36,6 @@ def hostile(name: str, event: str, channel: str, header: str, value: str) -> byt
     raise AssertionError(f"no {event} about {channel} in {name}")
 
 
-def settings(
-    port: int = 5038, dsn: str = "postgresql://unused", spool: Path = Path("."), **extra: Any
-) -> Settings:
-    values: dict[str, Any] = {"ami_reconnect_min": 0.05, "ami_reconnect_max": 0.2, **extra}
-    return Settings(ami_port=port, ami_secret=SECRET, database_url=dsn, spool_dir=spool, **values)
-
-
-async def serve_bytes(data: bytes, dsn: str, spool: Path, count: int) -> None:
-    """The service in-process on a trace given as bytes, until `count` conversations are recorded."""
-    async with AmiSimulator(parse_trace(data), secret=SECRET, speed=0) as sim:
-        stop = asyncio.Event()
-        service = asyncio.create_task(serve(settings(sim.port, dsn, spool), stop, stop_grace=2.0))
-        async with asyncio.timeout(GUARD):
-            while len(await ledger(dsn)) < count:
-                if service.done():
-                    service.result()  # the service died: say why
-                await asyncio.sleep(0.05)
-        stop.set()
-        async with asyncio.timeout(GUARD):
-            await service
-
-
 BAD_STAMPS = ["nan", "-1", "inf", "1e300", "yesterday", f"{float(BRIDGED_AT) - 3600:.6f}"]
 
 
@@ -74,7 +48,7 @@ def test_a_replay_measures_through_a_bad_timestamp(
     BridgeEnter gave 73.509 s instead of 70.0, without a word."""
     capture = tmp_path / "long_call.ami"
     capture.write_bytes(hostile("long_call", event, TRUNK, "Timestamp", value))
-    (conversation,) = measure_capture(capture, settings())
+    (conversation,) = measure_capture(capture, settings(5038, "postgresql://unused", tmp_path))
     measured = conversation.to_json()
     (expected,) = truth("long_call")
     assert measured["talk_seconds"] == pytest.approx(expected["talk_seconds"], abs=0.01)
@@ -89,9 +63,27 @@ async def test_the_service_measures_through_a_bad_timestamp(
     db_dsn: str, tmp_path: Path, event: str, value: str
 ) -> None:
     with capture_logs() as logs:
-        await serve_bytes(hostile("long_call", event, TRUNK, "Timestamp", value), db_dsn, tmp_path, count=1)
+        trace = parse_trace(hostile("long_call", event, TRUNK, "Timestamp", value))
+        await serve_until_recorded(trace, db_dsn, tmp_path, count=1)
     (row,) = await ledger(db_dsn)
     (expected,) = truth("long_call")
     assert row["talk_ms"] / 1000 == pytest.approx(expected["talk_seconds"], abs=0.05)
     (warning,) = [entry for entry in logs if entry["event"] == "ami.timestamp_replaced"]
     assert warning["message"] == event and warning["reason"]
+
+
+@pytest.mark.parametrize("caller", ["+74951234567\x00", "+74951234567" + "9" * 500_000], ids=["nul", "500kb"])
+async def test_a_hostile_caller_id_is_cleaned_and_the_call_recorded(
+    db_dsn: str, tmp_path: Path, caller: str
+) -> None:
+    """Was: a NUL byte sent the whole conversation to rejected.jsonl, unbilled; 500 KB were stored."""
+    data = hostile("inbound_answered", "Newchannel", "PJSIP/trunk-00000000", "CallerIDNum", caller)
+    await serve_until_recorded(parse_trace(data), db_dsn, tmp_path, count=1)
+    (row,) = await ledger(db_dsn)
+    (expected,) = truth("inbound_answered")
+    assert row["talk_ms"] / 1000 == pytest.approx(expected["talk_seconds"], abs=0.2)
+    raw = row["client_number_raw"]
+    assert raw.startswith("+74951234567") and len(raw) <= 256 and "\x00" not in raw
+    if caller.endswith("\x00"):
+        assert row["client_number"] == "+74951234567"
+    assert not (tmp_path / "default" / "rejected.jsonl").exists()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from telephony.framing import FrameReader, Malformed, Message
+from telephony.framing import MAX_VALUE_CHARS, FrameReader, Malformed, Message
 
 
 def test_banner_glued_to_the_login_response() -> None:
@@ -68,3 +68,18 @@ def test_truncated_last_frame_and_oversized_frames() -> None:
     huge = FrameReader()
     (too_long,) = huge.feed(b"Event: X\r\nA: " + b"x" * (1 << 21))
     assert isinstance(too_long, Malformed) and "too long" in too_long.reason
+
+
+def test_control_characters_are_stripped_from_values() -> None:
+    (message,) = FrameReader().feed(
+        b"Event: Newchannel\r\nCallerIDNum: +7495\x001234567\x1b[2J\r\nCallerIDName: A\tB\x7f\xc2\x85\r\n\r\n"
+    )
+    assert isinstance(message, Message)
+    assert message.get("CallerIDNum") == "+74951234567[2J"
+    assert message.get("CallerIDName") == "AB"
+
+
+def test_values_are_bounded_in_length() -> None:
+    (message,) = FrameReader().feed(b"Event: Newchannel\r\nCallerIDNum: " + b"7" * 500_000 + b"\r\n\r\n")
+    assert isinstance(message, Message)
+    assert len(message.get("CallerIDNum")) == MAX_VALUE_CHARS
