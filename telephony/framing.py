@@ -17,6 +17,12 @@ Repeated headers (`ChanVariable`) keep their first value; nothing we read repeat
 Undecodable bytes: a message that is not valid UTF-8 is decoded as CP1251 (the usual legacy
 encoding of Russian phones and trunks) rather than losing bytes.
 
+Garbage cannot grow memory or swallow what follows it: an unfinished frame is held up to
+`MAX_FRAME_BYTES`; past that, its overlong lines are skipped (a line still arriving is dropped up
+to its end as it comes) and framing goes on with the next line. Garbage written without a line
+break runs into the next frame's first line (`...Response: Success`); that frame start is found
+and kept.
+
 Input that cannot hurt: every key and value is stripped of control characters (a caller ID with a
 NUL byte once sent its whole conversation to the rejected file: PostgreSQL text cannot hold NUL)
 and cut to `MAX_VALUE_CHARS` (a 500 KB caller ID was stored verbatim). The raw caller ID the
@@ -37,6 +43,11 @@ _END = b"\r\n\r\n"
 _EVENT = b"Event: "
 #: a frame larger than this without a terminator is garbage (Asterisk's own limit is far lower)
 MAX_FRAME_BYTES = 1 << 20
+#: a line longer than this in an overlong frame is garbage, skipped
+MAX_LINE_BYTES = 1 << 16
+#: what a frame starts with: garbage glued in front of one is cut off there (`_salvage`)
+_FRAME_STARTS = (b"Response: ", b"Event: ")
+_LONGEST_START = max(len(start) for start in _FRAME_STARTS)
 #: the longest header value kept; what the call model reads (channel names, caller IDs, extensions)
 #: is far shorter, and nothing longer may reach the database
 MAX_VALUE_CHARS = 256
@@ -132,12 +143,25 @@ def parse_frame(frame: bytes) -> Message | Malformed:
     return Message(headers)
 
 
+def _salvage(line: bytes, *, from_start: bool = False) -> bytes:
+    """The end of an overlong line from the last frame start in it (garbage written without a
+    line break runs into the next frame's first line, `Response: Success`), or nothing.
+    `from_start`: `line` is the end of a longer one, so a frame start at 0 counts too."""
+    start = max(line.rfind(marker) for marker in _FRAME_STARTS)
+    return line[start:] if start > 0 or (from_start and start == 0) else b""
+
+
 class FrameReader:
     """Incremental AMI framer: feed it bytes as they arrive, get whole messages back.
 
     `wanted` is the set of event names to keep; other events are dropped undecoded. Responses and
     banners are always kept. `None` keeps everything. Dropped events are counted by name in
     `dropped_by_name` (pass a dict to share the counts across readers, e.g. across sessions).
+
+    Memory is bounded whatever arrives: a frame still without its end may hold at most
+    `MAX_FRAME_BYTES`. When it grows past that, lines longer than `MAX_LINE_BYTES` are dropped (a
+    line still arriving is skipped up to its end as it comes), and framing goes on with the next
+    line, so a reply that follows a garbage line is read as if the garbage had never been there.
     """
 
     def __init__(
@@ -148,19 +172,25 @@ class FrameReader:
             None if wanted is None else frozenset(name.encode() for name in wanted)
         )
         self.dropped_by_name = {} if dropped_by_name is None else dropped_by_name
+        self._skipping = False  # inside an overlong line: drop bytes up to its end
+        self._tail = b""  # the last bytes skipped: a frame start may straddle two reads
+        self.skipped_bytes = 0
 
     @property
     def dropped(self) -> int:
         return sum(self.dropped_by_name.values())
 
     def feed(self, data: bytes) -> list[Message | Malformed]:
+        if self._skipping:
+            data = self._skip(data)
+            if self._skipping:
+                return []
         buffer = self._buffer + data if self._buffer else data
         frames = buffer.split(_END)
         self._buffer = frames.pop()
         out: list[Message | Malformed] = []
         if len(self._buffer) > MAX_FRAME_BYTES:
-            out.append(Malformed(self._buffer[:200], "frame too long without terminator"))
-            self._buffer = b""
+            out.append(self._overflow(self._buffer))
         wanted, dropped = self._wanted, self.dropped_by_name
         for raw in frames:
             frame = raw.lstrip(b"\r\n")
@@ -175,9 +205,49 @@ class FrameReader:
             out.append(parse_frame(frame))
         return out
 
+    def _skip(self, data: bytes) -> bytes:
+        """Drop the rest of an overlong line; what follows its end (or a frame start glued to it,
+        see `_salvage`) is returned for framing."""
+        end = data.find(b"\n")
+        if end == -1:
+            self.skipped_bytes += len(data)
+            self._remember(data)
+            return b""
+        self._skipping = False
+        glued = _salvage(self._tail + data[:end], from_start=True)
+        self.skipped_bytes += end + 1 - len(glued)
+        return glued + data[end:] if glued else data[end + 1 :]
+
+    def _remember(self, skipped: bytes) -> None:
+        """While skipping: keep what may be a frame glued to the overlong line (from its last frame
+        start, bounded), else the last bytes, which may hold the first part of a frame start."""
+        seen = self._tail + skipped
+        glued = _salvage(seen, from_start=True)
+        self._tail = glued if 0 < len(glued) <= MAX_LINE_BYTES else seen[1 - _LONGEST_START :]
+
+    def _overflow(self, unfinished: bytes) -> Malformed:
+        """An unfinished frame grew too long: keep its sane lines, drop the overlong ones."""
+        lines = unfinished.split(b"\r\n")
+        arriving = lines.pop()  # the line still coming in
+        kept = b"".join(
+            (line if len(line) <= MAX_LINE_BYTES else _salvage(line)) + b"\r\n"
+            for line in lines
+            if len(line) <= MAX_LINE_BYTES or _salvage(line)
+        )
+        if len(arriving) > MAX_LINE_BYTES:
+            self._skipping = True  # the rest of it is dropped as it arrives
+            self._tail = b""
+            self._remember(arriving)
+            self.skipped_bytes += len(arriving)
+            arriving = b""
+        if len(kept) + len(arriving) > MAX_FRAME_BYTES:
+            kept = b""  # many lines and still no end: not AMI, and the next line starts afresh
+        self._buffer = kept + arriving
+        return Malformed(unfinished[:200], f"frame over {MAX_FRAME_BYTES} bytes: overlong lines skipped")
+
     def flush(self) -> list[Message | Malformed]:
         """Return what is left in the buffer at end of stream (a truncated last frame)."""
-        rest, self._buffer = self._buffer.strip(b"\r\n"), b""
+        rest, self._buffer, self._skipping = self._buffer.strip(b"\r\n"), b"", False
         if not rest:
             return []
         return [Malformed(rest[:200], "stream ended inside a frame")]

@@ -29,8 +29,9 @@ and `BridgeList` answer, as Asterisk does, with an event list describing the pre
 
 Faults on cue, for the connection tests: drop every connection (`drop_now`, `drop_after`, markers),
 stall (stop sending and stop answering, TCP left open: a half-open link), refuse logins, refuse
-chosen actions (`deny_actions`, answered `Permission denied`), and split writes at chosen byte
-positions (`split_writes`) to put a multibyte character across two TCP reads.
+chosen actions (`deny_actions`, answered `Permission denied`), split writes at chosen byte
+positions (`split_writes`) to put a multibyte character across two TCP reads, and send raw bytes
+(`send_raw`: garbage on the link).
 
 The manager.conf of the simulated user, for `talkmeter check`: `timestampevents` (False strips the
 `Timestamp` header from every event, as a default Asterisk sends them), `read` (the event classes
@@ -463,6 +464,12 @@ class AmiSimulator:
         """Close every client connection (FIN), as a PBX restart or a recorder drop would."""
         for client in list(self._clients):
             client.close()
+
+    def send_raw(self, data: bytes) -> None:
+        """Write `data` to every logged-in client now, as it is (garbage, for the fault tests)."""
+        for client in self._clients:
+            if client.logged_in:
+                client.write(data)
 
     def stall(self) -> None:
         """Current clients get nothing more and no answers; their TCP connections stay open."""

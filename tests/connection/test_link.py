@@ -151,6 +151,27 @@ async def test_a_keepalive_cancelled_as_its_ping_is_answered_stops() -> None:
             assert link.keepalive.cancelled()
 
 
+@pytest.mark.parametrize("end", [b"", b"\r\n"], ids=["glued-to-the-reply", "a-line-of-its-own"])
+async def test_a_10_mb_garbage_line_neither_swallows_a_reply_nor_drops_the_session(end: bytes) -> None:
+    """Was: the garbage ran into the ping reply that followed, which was lost, and the session
+    dropped as a "half-open link"."""
+    async with simulator(simple_trace([NEWCHANNEL])) as sim:
+        link = AmiLink(link_config(sim.port), sleep=RecordingSleep())
+        with capture_logs() as logs:
+            async with running(link):
+                await next_of(link.queue, Resync)
+                for _ in range(2):
+                    sim.send_raw(b"\xff" * 10_000_000 + end)
+                    reply = await link.ping()
+                    assert reply.response == "Success"
+    assert link.sessions == 1
+    dropped = [
+        e for e in logs if e["event"] in ("ami.session_lost", "ami.ping_timeout") and e["log_level"] != "info"
+    ]
+    assert not dropped  # (the session ends with an orderly logoff, logged as info)
+    assert any(entry["event"] == "ami.malformed_frame" for entry in logs)
+
+
 async def test_split_multibyte_caller_name_survives() -> None:
     name = "Иван Петров"
     raw = frame(Event="Newchannel", Channel="PJSIP/trunk-00000001", CallerIDName=name, Uniqueid="1.1")

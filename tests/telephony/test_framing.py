@@ -67,7 +67,9 @@ def test_truncated_last_frame_and_oversized_frames() -> None:
     assert isinstance(leftover, Malformed)
     huge = FrameReader()
     (too_long,) = huge.feed(b"Event: X\r\nA: " + b"x" * (1 << 21))
-    assert isinstance(too_long, Malformed) and "too long" in too_long.reason
+    assert isinstance(too_long, Malformed) and "overlong lines skipped" in too_long.reason
+    (rest,) = huge.feed(b"xxx\r\nUniqueid: 1.1\r\n\r\n")  # the frame goes on without its long line
+    assert isinstance(rest, Message) and rest.headers == {"Event": "X", "Uniqueid": "1.1"}
 
 
 def test_control_characters_are_stripped_from_values() -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from telephony.calls import WANTED_EVENTS, CallTracker
 from telephony.capture import read_capture
 from telephony.effects import Conversation, ConversationEnded
-from telephony.framing import FrameReader, Message, printable
+from telephony.framing import MAX_FRAME_BYTES, FrameReader, Malformed, Message, printable
 
 from .scenario import Chan, Pbx, run
 
@@ -131,3 +131,35 @@ def test_any_unicode_caller_name_survives_any_split(name, data) -> None:
     reader = FrameReader()
     messages = reader.feed(frame[:cut]) + reader.feed(frame[cut:])
     assert [m.get("CallerIDName") for m in messages if isinstance(m, Message)] == [printable(name)]
+
+
+REPLY = b"Response: Success\r\nActionID: talkmeter-7\r\nPing: Pong\r\nTimestamp: 1795716685.733749\r\n\r\n"
+
+
+@given(
+    st.integers(MAX_FRAME_BYTES + 1, 3 * MAX_FRAME_BYTES),
+    st.integers(1, len(REPLY) - 1),
+    st.lists(st.integers(1, 3 * MAX_FRAME_BYTES), max_size=20, unique=True),
+    st.sampled_from([b"", b"Event: Hangup\r\nUniqueid: 1.1\r\n\r\n", b"Event: Hangup\r\n"]),
+    st.sampled_from([b"\r\n", b""]),
+)
+@settings(max_examples=40, deadline=None)
+def test_a_garbage_line_never_swallows_the_reply_after_it(
+    length: int, into_reply: int, cuts: list[int], before: bytes, end: bytes
+) -> None:
+    """Was: a 10 MB line made the framer drop its buffer each time it passed 1 MB, and with it the
+    start of the ping reply that followed (or, without a line break, ran into the reply's first
+    line): the session dropped as a half-open link."""
+    garbage = b"\xff" * length + end  # one line, longer than any frame may be
+    stream = before + garbage + REPLY
+    # Cut where TCP pleases, and where the framer's buffer would overflow, and inside the reply.
+    edges = {*cuts, len(before) + len(garbage) + into_reply}
+    edges |= {len(before) + k * (MAX_FRAME_BYTES + 1) for k in (1, 2)}
+    reader, out, start = FrameReader(), [], 0
+    for cut in [*sorted(edge for edge in edges if 0 < edge < len(stream)), len(stream)]:
+        out += reader.feed(stream[start:cut])
+        start = cut
+    replies = [m for m in out if isinstance(m, Message) and m.response == "Success"]
+    assert [reply.get("ActionID") for reply in replies] == ["talkmeter-7"]
+    assert any(isinstance(m, Malformed) for m in out)  # the garbage is reported
+    assert len(reader._buffer) <= MAX_FRAME_BYTES
