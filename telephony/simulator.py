@@ -409,6 +409,7 @@ class AmiSimulator:
         self.sent_events = 0
         self.state = PbxState()
         self.finished = asyncio.Event()
+        self._progress = asyncio.Condition()
         self._clients: set[_Client] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -482,6 +483,11 @@ class AmiSimulator:
     def stall_after(self, events: int) -> None:
         self.cues[events] = "stall"
 
+    async def reached(self, events: int) -> None:
+        """Wait until `events` events have been sent (or the replay is over)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.sent_events >= events or self.finished.is_set())
+
     @property
     def clients(self) -> int:
         return sum(1 for client in self._clients if client.logged_in and not client.closed)
@@ -521,6 +527,8 @@ class AmiSimulator:
                 self.stall()
         await self._flush()
         self.finished.set()
+        async with self._progress:
+            self._progress.notify_all()
         log.info("simulator.trace_done", events=self.sent_events)
 
     async def _drop_and_wait(self) -> None:
@@ -544,6 +552,8 @@ class AmiSimulator:
         batch, self._batch = self._batch, []
         if not batch:
             return
+        async with self._progress:
+            self._progress.notify_all()
         receivers = [client for client in self._clients if client.logged_in]
         if self.split_writes is not None:
             for raw in batch:

@@ -64,7 +64,8 @@ async def ledger(dsn: str) -> list[asyncpg.Record]:
     try:
         return await conn.fetch(
             "SELECT conversation_id, client_number, client_number_raw, talk_ms, hold_ms, estimated, "
-            "consultants, started_at FROM talkmeter.conversations ORDER BY started_at, conversation_id"
+            "consultants, started_at, ended_at FROM talkmeter.conversations "
+            "ORDER BY started_at, conversation_id"
         )
     finally:
         await conn.close()
@@ -264,14 +265,19 @@ class Harness:
             "checkpoint_interval": 5.0 / max(speed, 1.0),
             "ami_reconnect_min": 0.05,
             "ami_reconnect_max": 0.2,
-            "ami_ping_interval": 10.0 / max(speed, 1.0),
+            # Our event clock runs at 1x between two answers to its pings while the replay runs at
+            # `speed`: ping often, so that it lags the PBX's clock by a second of trace time at most.
+            "ami_ping_interval": 1.0 / max(speed, 1.0),
             **(settings or {}),
         }
         self.instances = instances
         # The talk a kill or a death may lose, in trace seconds: a call that started talking after
-        # the last checkpoint is counted from the next snapshot. That is the checkpoint interval,
-        # plus the events already read when the process went (a tenth of a second, at `speed`).
-        self.loss_bound = float(self.settings["checkpoint_interval"]) * speed + 0.1 * speed  # type: ignore[arg-type]
+        # the last checkpoint is counted from the next snapshot, and one that ended while the
+        # process was down is closed at the last checkpoint. That is the checkpoint interval, plus
+        # how far the checkpoint's time may lag the PBX's (the ping interval, at this speed), plus
+        # the events already read when the process went (a tenth of a second, at this speed).
+        lag = float(self.settings["ami_ping_interval"]) + 0.1  # type: ignore[arg-type]
+        self.loss_bound = (float(self.settings["checkpoint_interval"]) + lag) * max(speed, 1.0)  # type: ignore[arg-type]
         self.simulator = AmiSimulator(self.trace, secret=SECRET, speed=speed, pause_when_alone=True)
         self.daemons: list[Daemon] = []
         self.changed = asyncio.Condition()
@@ -332,6 +338,16 @@ class Harness:
         async with asyncio.timeout(within), self.changed:
             await self.changed.wait_for(done)
         return await ledger(self.dsn)
+
+    async def kill_and_restart(self, index: int = 0) -> float:
+        """kill -9 instance `index` and start it again; returns when it was killed, in trace time."""
+        daemon = self.daemons[index]
+        at = self.simulator.now()
+        daemon.kill()
+        code = await daemon.exited()
+        assert code == -signal.SIGKILL, f"{daemon.name} exited with {code} before the kill: {daemon.tail()}"
+        await daemon.start()
+        return at
 
     def _daemon(self, index: int) -> Daemon:
         return Daemon(f"talkmeter-{index}", self.env(index), self.changed)
