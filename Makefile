@@ -18,9 +18,10 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# Throughput and memory figures of the AMI pipeline (prints, asserts nothing).
+# Throughput and memory figures of the AMI pipeline, then what faults cost (prints, asserts nothing).
 bench: install
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/faults.py
 
 # The package to install where there is no clone: dist/talkmeter-<version>-py3-none-any.whl.
 wheel: install

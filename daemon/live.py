@@ -95,6 +95,7 @@ class Pipeline:
         self.on_effect = on_effect
         self.grace = grace
         self.applied = 0
+        self.resynced = asyncio.Event()  # set each time a snapshot has been applied
         self._position = float("-inf")  # time of the last applied event
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -172,7 +173,9 @@ class Pipeline:
         if isinstance(item, Resync):
             snapshot = Snapshot(item.at, list(item.channels), list(item.bridges), item.lost_at)
             log.info("pipeline.resync", channels=len(item.channels), bridges=len(item.bridges))
-            return self.tracker.resync(snapshot)
+            effects = self.tracker.resync(snapshot)
+            self.resynced.set()
+            return effects
         if isinstance(item, SessionStarted):
             log.info("pipeline.session_started", version=item.version)
         elif isinstance(item, SessionLost):

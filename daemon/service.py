@@ -7,10 +7,11 @@ Named, supervised tasks share one process (daemon.supervision):
 * `pipeline` (daemon.live): the AMI link and the call model. It never waits for the database.
 * `writer` (daemon.writer): every finished conversation is spooled to disk, then recorded and
   rated in PostgreSQL (accounting.ledger.record_conversation), retried while the database is away.
-* `checkpointer`: every `checkpoint_interval` seconds, the conversations in progress are written to
-  `<spool_dir>/<pbx>/checkpoint.records`, so that a crash or restart mid-call loses no talk: on start
-  they are restored into the call model and resumed when the snapshot after login shows their
-  channels. The file is replaced atomically and validated when read (bad records are quarantined).
+* `checkpointer`: every `checkpoint_interval` seconds, and right after each snapshot (login), the
+  conversations in progress are written to `<spool_dir>/<pbx>/checkpoint.records`, so that a crash
+  or restart mid-call loses no talk: on start they are restored into the call model and resumed
+  when the snapshot after login shows their channels. The file is replaced atomically and
+  validated when read (bad records are quarantined).
 * `spool`: stands for the spool's disk; it dies when an append fails (disk full).
 
 All disk I/O runs on one disk thread (daemon.journal), never on the loop that reads the PBX.
@@ -382,10 +383,16 @@ async def _checkpoint_forever(
     pipeline: Pipeline, checkpoints: Checkpoints, disk: DiskThread, interval: float
 ) -> None:
     # Only while the link is up: a checkpoint claims "this is how the calls were at `at`", and
-    # during an outage we do not know that. The previous one stays until we know again. The state
-    # is taken here, on the loop; the disk thread writes it after any spool append asked before.
+    # during an outage we do not know that. The previous one stays until we know again. One is also
+    # taken as soon as a snapshot has been applied: after a restart the calls just resumed are then
+    # on disk at once, and a second crash soon after the first does not fall back to older ones.
+    # The state is taken here, on the loop; the disk thread writes it after any spool append asked
+    # before.
     while True:
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await pipeline.resynced.wait()
+        pipeline.resynced.clear()
         if pipeline.link.connected:
             await disk(checkpoints.save, pipeline.tracker.checkpoint(pipeline.link.clock.now()))
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,21 @@ def compare(rows: list[asyncpg.Record], expected: list[dict[str, Any]]) -> Compa
         result.talk_error.append(row["talk_ms"] / 1000 - conversation["talk_seconds"])
     result.doubled = [row["conversation_id"] for left in by_number.values() for row in left]
     return result
+
+
+def hostile(name: str, event: str, channel: str, header: str, value: str) -> bytes:
+    """Trace `name` with `header` of the first `event` about `channel` set to `value`."""
+    data = (TRACES / f"{name}.ami").read_bytes()
+    frames = data.split(b"\r\n\r\n")
+    for index, frame in enumerate(frames):
+        if frame.lstrip(b"\r\n").startswith(f"Event: {event}\r\n".encode()) and (
+            f"\r\nChannel: {channel}\r\n".encode() in frame + b"\r\n"
+        ):
+            pattern = re.compile(rb"(\r\n" + header.encode() + rb": )[^\r]*")
+            frames[index], count = pattern.subn(lambda m: m.group(1) + value.encode(), frame, count=1)
+            assert count == 1, f"{event} of {channel} has no {header}"
+            return b"\r\n\r\n".join(frames)
+    raise AssertionError(f"no {event} about {channel} in {name}")
 
 
 # --- the service in-process --------------------------------------------------------------------

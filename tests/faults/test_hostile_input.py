@@ -6,7 +6,6 @@ live, what arrived in PostgreSQL) with the trace's truth.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -15,25 +14,10 @@ from structlog.testing import capture_logs
 from daemon.commands.replay import measure_capture
 from telephony.simulator import parse_trace
 
-from .harness import TRACES, ledger, serve_until_recorded, settings, truth
+from .harness import Harness, compare, hostile, ledger, serve_until_recorded, settings, truth
 
 TRUNK = "PJSIP/trunk-0000006f"  # the client's channel in long_call
 BRIDGED_AT = "1795716685.733758"  # its BridgeEnter
-
-
-def hostile(name: str, event: str, channel: str, header: str, value: str) -> bytes:
-    """Trace `name` with `header` of the first `event` about `channel` set to `value`."""
-    data = (TRACES / f"{name}.ami").read_bytes()
-    frames = data.split(b"\r\n\r\n")
-    for index, frame in enumerate(frames):
-        if frame.lstrip(b"\r\n").startswith(f"Event: {event}\r\n".encode()) and (
-            f"\r\nChannel: {channel}\r\n".encode() in frame + b"\r\n"
-        ):
-            pattern = re.compile(rb"(\r\n" + header.encode() + rb": )[^\r]*")
-            frames[index], count = pattern.subn(lambda m: m.group(1) + value.encode(), frame, count=1)
-            assert count == 1, f"{event} of {channel} has no {header}"
-            return b"\r\n\r\n".join(frames)
-    raise AssertionError(f"no {event} about {channel} in {name}")
 
 
 BAD_STAMPS = ["nan", "-1", "inf", "1e300", "yesterday", f"{float(BRIDGED_AT) - 3600:.6f}"]
@@ -87,3 +71,24 @@ async def test_a_hostile_caller_id_is_cleaned_and_the_call_recorded(
     if caller.endswith("\x00"):
         assert row["client_number"] == "+74951234567"
     assert not (tmp_path / "default" / "rejected.jsonl").exists()
+
+
+@pytest.mark.slow
+async def test_10_mb_garbage_lines_during_calls_lose_nothing(db_dsn: str, tmp_path: Path) -> None:
+    """Garbage on the AMI link while 20 calls go on: with and without a line break, glued to
+    whatever follows. The session holds, and every conversation arrives whole."""
+    expected = truth("concurrent_20")
+    async with Harness("concurrent_20", db_dsn, tmp_path) as harness:
+        await harness.start()
+        await harness.daemon.wait_for_log("pipeline.resync")
+        events = len(harness.trace.events)
+        for n, end in enumerate([b"\r\n", b"", b"\r\n", b""], 1):
+            await harness.simulator.reached(events * n // 5)
+            harness.simulator.send_raw(b"\xff" * 10_000_000 + end)
+        rows = await harness.recorded(len(expected))
+        await harness.replayed()
+    result = compare(rows, expected)
+    assert (result.lost, result.doubled) == ([], []) and result.worst <= 0.2, result.summary()
+    assert harness.daemon.events("ami.malformed_frame")
+    assert not harness.daemon.events("ami.ping_timeout") and harness.daemon.starts == 1
+    assert [line["session"] for line in harness.daemon.events("ami.session_started")] == [1]
