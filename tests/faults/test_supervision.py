@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from daemon.writer import Spool
 from telephony.effects import Effect, TalkStarted
 from telephony.simulator import AmiSimulator, load_trace
 
-from .harness import GUARD, SECRET, TRACES, Harness, full_disk, settings
+from .harness import GUARD, ROOT, SECRET, TRACES, Harness, full_disk, settings
 
 
 def simulator(trace: str, speed: float) -> AmiSimulator:
@@ -111,3 +113,31 @@ async def test_sigterm_stops_the_process_cleanly(db_dsn: str, tmp_path: Path) ->
     assert code == 0, harness.daemon.tail()
     assert harness.daemon.events("service.stopped")
     assert not harness.daemon.events("service.task_died")
+
+
+def test_a_forced_stop_ends_the_process_at_once() -> None:
+    """asyncio.run's own clean-up would wait for a task that ignores its cancel as long as the
+    service did: after StopForced the command leaves at once, with status 1."""
+    script = """
+import asyncio, contextlib
+import daemon.commands.run as command
+from daemon.supervision import StopForced
+
+async def deaf() -> None:
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+async def service_that_could_not_stop(settings) -> None:
+    asyncio.get_running_loop().create_task(deaf(), name="deaf")
+    await asyncio.sleep(0)
+    raise StopForced(["deaf"])
+
+command.run_until_signalled = service_that_could_not_stop
+asyncio.run(command._run_or_exit(None))
+print("asyncio.run returned")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=GUARD, check=False
+    )
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
