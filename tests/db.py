@@ -26,3 +26,12 @@ async def admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def fetch(dsn: str, query: str) -> list[asyncpg.Record]:
+    """The rows of one query, on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(query)
+    finally:
+        await conn.close()

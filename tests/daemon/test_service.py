@@ -17,6 +17,7 @@ from daemon.supervision import TaskDied
 from daemon.writer import FatalStorageError, Spool
 from telephony.effects import Effect, TalkStarted
 from telephony.simulator import AmiSimulator, load_trace
+from tests.db import fetch
 
 TRACES = Path(__file__).resolve().parents[1] / "traces"
 SECRET = "service-secret"
@@ -51,14 +52,11 @@ def truth(name: str) -> dict[str, Any]:
 
 
 async def rows(dsn: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(
-            "SELECT conversation_id, talk_ms, hold_ms, estimated, match_status, consultants "
-            "FROM talkmeter.conversations ORDER BY started_at"
-        )
-    finally:
-        await conn.close()
+    return await fetch(
+        dsn,
+        "SELECT conversation_id, talk_ms, hold_ms, estimated, match_status, consultants "
+        "FROM talkmeter.conversations ORDER BY started_at",
+    )
 
 
 async def run_until(event: asyncio.Event, config: Settings, database: Database, **options: Any) -> None:

@@ -42,6 +42,7 @@ import asyncpg
 from daemon.service import serve
 from daemon.settings import Settings
 from telephony.simulator import AmiSimulator, Trace, load_trace
+from tests.db import fetch
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACES = ROOT / "tests" / "traces"
@@ -61,15 +62,11 @@ def truth(name: str) -> list[dict[str, Any]]:
 
 async def ledger(dsn: str) -> list[asyncpg.Record]:
     """Every conversation that arrived in PostgreSQL, in start order."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(
-            "SELECT conversation_id, client_number, client_number_raw, talk_ms, hold_ms, estimated, "
-            "consultants, started_at, ended_at FROM talkmeter.conversations "
-            "ORDER BY started_at, conversation_id"
-        )
-    finally:
-        await conn.close()
+    return await fetch(
+        dsn,
+        "SELECT conversation_id, client_number, client_number_raw, talk_ms, hold_ms, estimated, "
+        "consultants, started_at, ended_at FROM talkmeter.conversations ORDER BY started_at, conversation_id",
+    )
 
 
 @dataclass

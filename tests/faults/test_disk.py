@@ -23,7 +23,9 @@ from .harness import (
     GUARD,
     SECRET,
     TRACES,
+    FullDisk,
     Harness,
+    LogLine,
     compare,
     full_disk,
     ledger,
@@ -144,14 +146,8 @@ async def test_a_disk_full_for_the_checkpoint_stops_the_service_and_loses_nothin
             await harness.start()
             await harness.daemon.wait_for_log("conversation.recorded")  # calls are going on
             disk.fill()
-            code = await harness.daemon.exited(GUARD)
-            assert code == 1, harness.daemon.tail()
-            (death,) = harness.daemon.events("service.task_died")
-            assert death["task"] in ("checkpointer", "spool") and "No space left" in death["error"]
-            disk.free()
-            await harness.start()
-            rows = await harness.recorded(len(expected))
-            await harness.replayed()
+            death, rows = await died_then_recovered(harness, disk, len(expected))
+    assert death["task"] in ("checkpointer", "spool") and "No space left" in death["error"]
     result = compare(rows, expected)
     assert (result.lost, result.doubled) == ([], []), result.summary()
     # Talk that began between the last checkpoint written and the death is counted from the next
@@ -175,21 +171,28 @@ async def test_a_conversation_whose_spool_append_fails_still_reaches_the_databas
             await harness.start()
             await harness.daemon.wait_for_log("pipeline.resync")
             disk.fill()
-            code = await harness.daemon.exited(GUARD)
-            assert code == 1, harness.daemon.tail()
-            (death,) = harness.daemon.events("service.task_died")
-            assert death["task"] == "spool" and "No space left" in death["error"]
-            (failed,) = harness.daemon.events("spool.append_failed")
-            disk.free()
-            await harness.start()
-            rows = await harness.recorded(len(expected))
-            await harness.replayed()
+            death, rows = await died_then_recovered(harness, disk, len(expected))
+    assert death["task"] == "spool" and "No space left" in death["error"]
+    (failed,) = harness.daemon.events("spool.append_failed")
     result = compare(rows, expected)
     assert (result.lost, result.doubled) == ([], []), result.summary()
     (row,) = [row for row in rows if row["conversation_id"] == failed["conversation_id"]]
     assert not row["estimated"]  # written by the first run, whole, not rebuilt after the restart
     match = compare([row], [c for c in expected if c["client_number"] == row["client_number"]])
     assert match.worst <= TALK_TOLERANCE, match.summary()
+
+
+async def died_then_recovered(harness: Harness, disk: FullDisk, count: int) -> tuple[LogLine, list[Any]]:
+    """The service exits with 1 and one `service.task_died` line (returned); then, with room on
+    the disk again, a new start records `count` conversations (the ledger is returned)."""
+    code = await harness.daemon.exited(GUARD)
+    assert code == 1, harness.daemon.tail()
+    (death,) = harness.daemon.events("service.task_died")
+    disk.free()
+    await harness.start()
+    rows = await harness.recorded(count)
+    await harness.replayed()
+    return death, rows
 
 
 def _earlier_conversation() -> dict[str, Any]:
