@@ -63,6 +63,7 @@ log = structlog.get_logger("daemon.service")
 
 STOP_GRACE_SECONDS = 10.0
 STOP_CANCEL_SECONDS = 3.0  # a cancelled task that has not ended after this is left behind (forced stop)
+CLOSE_SECONDS = 2.0  # closing the database pool politely; then its connections are cut
 _TRANSIENT = (RetryableStorageError, OSError, TimeoutError, asyncpg.PostgresConnectionError)
 
 
@@ -142,8 +143,8 @@ class Database:
     async def close(self) -> None:
         if self._pool is None:
             return
-        try:
-            async with asyncio.timeout(self._timeout):
+        try:  # bounded: a whole stop must fit in systemd's TimeoutStopSec (30 s)
+            async with asyncio.timeout(min(self._timeout, CLOSE_SECONDS)):
                 await self._pool.close()
         except TimeoutError:
             self._drop()

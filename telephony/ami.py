@@ -583,7 +583,7 @@ class AmiLink:
                 return
             except ConnectionLost:
                 return
-            if isinstance(reply, Message):
+            if isinstance(reply, Message) and "Timestamp" in reply.headers:
                 self._judge(reply)  # Asterisk stamps its Ping reply
             self._last_alive = self.clock.now()
             if self.queue_depth >= 1000:
