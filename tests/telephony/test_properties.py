@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -163,3 +164,14 @@ def test_a_garbage_line_never_swallows_the_reply_after_it(
     assert [reply.get("ActionID") for reply in replies] == ["talkmeter-7"]
     assert any(isinstance(m, Malformed) for m in out)  # the garbage is reported
     assert len(reader._buffer) <= MAX_FRAME_BYTES
+
+
+@given(st.text(max_size=40), st.sampled_from(["", "\x00", "\x1b", "\t", "\x7f", "\x85", "\r", "\n", "\x9f"]))
+def test_no_control_character_reaches_a_value(text: str, control: str) -> None:
+    """The cheap look that decides whether a frame needs cleaning never lets one through."""
+    value = text[: len(text) // 2] + control + text[len(text) // 2 :]
+    frame = f"Event: Newchannel\r\nCallerIDName: {value}\r\nUniqueid: 1.1\r\n\r\n".encode()
+    for message in FrameReader().feed(frame):
+        if isinstance(message, Message):
+            for key, item in message.headers.items():
+                assert not [c for c in key + item if unicodedata.category(c) == "Cc"], (key, item)
