@@ -256,6 +256,7 @@ async def post(conn: asyncpg.Connection, client_id: str, postings: list[Posting]
         await conn.execute(
             QUERIES["insert_charge_days"],
             charge_id,
+            client_id,
             days,
             *([value.days[day][column] for day in days] for column in range(4)),
         )

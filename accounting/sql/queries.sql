@@ -167,9 +167,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 RETURNING charge_id;
 
 -- name: insert_charge_days
-INSERT INTO talkmeter.charge_days (charge_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
-SELECT $1, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
-  FROM unnest($2::date[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+INSERT INTO talkmeter.charge_days (charge_id, client_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
+SELECT $1, $2, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
+  FROM unnest($3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
        AS d(day, talk_ms, free_ms, prepaid_ms, paid_ms);
 
 -- ===== re-rating =====
