@@ -289,7 +289,11 @@ async def test_a_lost_connection_is_retryable_and_writes_nothing(
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(1952541801, hashtext('C1'))")
             writing = asyncio.create_task(record_conversation(fragile, data))
-            waiting = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            # pg_locks is cluster-wide: other test runs on the same server wait on locks too.
+            waiting = (
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             while (pid := await conn.fetchval(waiting)) is None:  # noqa: ASYNC110 (polls the server)
                 await asyncio.sleep(0.01)
             await conn.execute("SELECT pg_terminate_backend($1)", pid)
