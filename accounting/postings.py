@@ -6,6 +6,8 @@ later, a contract or number changed, a conversation moved to another client), on
 row carrying the differences is appended; when rating gives nothing for a posted key any more,
 the adjustment reverses it to zero. A key never posted gets its one 'charge' row. Nothing is
 posted when the ledger already agrees, which is what makes recording and re-rating idempotent.
+Each posting also carries the key's value once its row is appended (`current`), which is what
+`talkmeter.current_charges` holds for the key and what `usage` derives the running state from.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Posting:
     kind: Literal["charge", "adjustment"]
     value: LedgerState
     """Full value for a charge, differences for an adjustment."""
+    current: LedgerState
+    """The key's value (the sum of its rows) once this row is appended."""
 
 
 def state_of(charge: Charge) -> LedgerState:
@@ -88,12 +92,12 @@ def plan_postings(desired: dict[Key, Charge], posted: dict[Key, LedgerState]) ->
         want = state_of(desired[key]) if key in desired else None
         if have is None:
             if want is not None:
-                postings.append(Posting(*key, "charge", want))
+                postings.append(Posting(*key, "charge", want, want))
             continue
         have = have.normalised()
         target = want if want is not None else have.reversed()
         if target != have:
-            postings.append(Posting(*key, "adjustment", difference(target, have)))
+            postings.append(Posting(*key, "adjustment", difference(target, have), target))
     return postings
 
 
