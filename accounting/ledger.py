@@ -1,21 +1,45 @@
 """Recording finished conversations and keeping the ledger equal to the rating of what was talked.
 
+Theory of operation
+===================
+
 `record_conversation` is what the daemon calls for every finished conversation. In one
 transaction it stores the conversation (idempotent on its id), decides whose it is (an
 assignment, else a number that belongs to exactly one client), and settles that client: under a
 per-client lock it re-rates the contract the conversation falls under and appends the ledger
-rows that make the ledger agree with the rating (see `postings`). Rating again under the lock
-is what makes two daemons safe: whoever comes second sees the first one's committed
-conversations and rates them together, so the caps hold exactly, and a conversation that
-talked earlier but ended later corrects the others through adjustment rows.
+rows that make the ledger agree with the rating (see `postings`), together with the running state
+those rows change (current values of the keys, usage per day, week and contract: see `usage`).
+Rating again under the lock is what makes two daemons safe: whoever comes second sees the first
+one's committed conversations and rates them together, so the caps hold exactly, and a
+conversation that talked earlier but ended later corrects the others through adjustment rows.
 
-Only the conversations from the *frontier* on are re-rated: the new conversation's start,
-pulled back to the start of any conversation of the client still going on at that moment
+The frontier. Only the conversations from the *frontier* on are re-rated: the new conversation's
+start, pulled back to the start of any conversation of the client still going on at that moment
 (repeatedly, while they overlap). Rating is causal (nothing talked after a moment changes what
-was consumed before it), and no conversation straddles the frontier, so the usage before it can
-be read from the ledger (`PriorUsage`) and the result equals rating the whole contract again.
-The cost of a recording therefore depends on the overlap around it, not on the contract's
-history. `rerate` still re-rates each client's contracts from their start.
+was consumed before it), and no conversation straddles the frontier, so rating from it, given
+what the conversations before it consumed (`PriorUsage`), equals rating the whole contract again.
+
+What a recording reads, all by index ranges of one client (see `sql/queries.sql`):
+- the client's conversations that ended at or after the new one's start, for the frontier;
+- the conversations and segments that started from the frontier on, and the current value of
+  their ledger keys (`current_charges`);
+- the contract's running state from a week before the frontier's day on, and its totals
+  (`usage_days`, `usage_totals`). What the conversations before the frontier consumed is that
+  running state less what the keys from the frontier on hold (`usage.prior_usage`).
+It then appends the ledger rows and updates the keys' values and the running state by key. No
+query reads the conversations or the ledger rows before the frontier, so the work follows the
+conversations that overlap the new one (or started after it but were recorded first) and its
+day, never the contract's history.
+
+Re-rating follows what changed. Triggers in the database queue every client whose reference data
+changes (a contract, its time zone, a number, an assignment), with the moment from which its
+rating may differ (`pending_rerates`). `rerate` takes each queued client in one transaction under
+its lock: it re-attributes the client's conversations from that moment (a conversation another
+client now owns is released, and that client queued), then re-rates all its contracts from the
+frontier of that moment on, in windows of about a week that end where no conversation
+straddles, each rated from the running state the previous window left. It reads the affected
+range only and holds one window in memory. `rerate --full` queues every client from its first
+conversation. Recordings of a client wait while it is re-rated.
 
 Errors: `InvalidConversation` (from `conversations`) means the input is wrong and retrying is
 useless; `RetryableStorageError` means the database was unreachable or aborted the transaction;
@@ -25,10 +49,10 @@ nothing was written and the caller should keep the conversation and try again la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -40,7 +64,8 @@ from accounting.contracts import Client, Contract
 from accounting.conversations import FinishedConversation, Talk, from_ms, parse_conversation, to_ms
 from accounting.postings import plan_postings
 from accounting.queries import QUERIES
-from accounting.rating import Charge, choose_contract, local_date, rate_client
+from accounting.rating import Charge, choose_contract, local_date, local_midnight_ms, rate_client
+from accounting.usage import Usage, plan_usage, prior_usage
 
 log = structlog.get_logger("talkmeter.accounting")
 
@@ -67,6 +92,11 @@ class RecordResult:
 class Settlement:
     charges: dict[str, Charge]
     postings: int
+    uncovered: tuple[str, ...] = ()
+
+
+WINDOW = timedelta(days=7)
+"""How much of a client's history `rerate` rates at once (more when conversations overlap longer)."""
 
 
 async def record_conversation(pool: asyncpg.Pool, conversation: Mapping[str, Any]) -> RecordResult:
@@ -111,7 +141,12 @@ async def _rate_new(conn: asyncpg.Connection, client_id: str, talk: Talk) -> Rec
     if contract is None:
         await store.set_match_statuses(conn, {conversation_id: "no_contract"})
         return RecordResult(conversation_id, "no_contract", client_id)
-    settlement = await _settle_from(conn, client, contracts, contract, talk)
+    front = await store.frontier(conn, client_id, from_ms(talk.started_ms))
+    since, until = store.window([contract])
+    loaded = await store.load_talks(conn, client_id, front if since is None else max(front, since), until)
+    settlement = await _settle(
+        conn, client, contracts, [contract], front, loaded.talks, None, f"conversation {conversation_id}"
+    )
     return RecordResult(
         conversation_id,
         "rated",
@@ -122,44 +157,65 @@ async def _rate_new(conn: asyncpg.Connection, client_id: str, talk: Talk) -> Rec
     )
 
 
-async def _settle_from(
-    conn: asyncpg.Connection, client: Client, contracts: list[Contract], contract: Contract, new: Talk
+async def _settle(
+    conn: asyncpg.Connection,
+    client: Client,
+    contracts: list[Contract],
+    rated: Sequence[Contract],
+    front: datetime,
+    talks: list[Talk],
+    cut: datetime | None,
+    reason: str,
 ) -> Settlement:
-    """Re-rate one contract from the frontier of a new conversation on (see the module comment)."""
+    """Make the ledger of the `rated` contracts, for the conversations started in [front, cut),
+    equal the rating of `talks` (the client's conversations started then), `front` being a
+    frontier and `cut` one too (or None: up to now)."""
     zone = ZoneInfo(client.timezone)
-    since, until = store.window([contract])
-    front = await store.frontier(conn, client.client_id, from_ms(new.started_ms))
-    talks, _ = await store.load_talks(
-        conn, client.client_id, front if since is None else max(front, since), until
+    ids = [contract.contract_id for contract in rated]
+    day = local_date(to_ms(front), zone)
+    # The keys from the frontier on: those before the cut are settled now; all of them up to the
+    # end of the frontier's day say what the conversations after it used on that day.
+    end_of_day = from_ms(local_midnight_ms(day + timedelta(days=1), zone))
+    current = await store.load_current(
+        conn, client.client_id, ids, front, None if cut is None else max(cut, end_of_day)
     )
-    # Days before the frontier's week cannot take free time or week slots any more.
-    first_day = local_date(to_ms(front), zone) - timedelta(days=7)
-    prior = await store.prior_usage(conn, contract, front, first_day)
-    only = frozenset({contract.contract_id})
-    rating = rate_client(contracts, client.timezone, talks, only, {contract.contract_id: prior})
+    days, totals = await store.load_usage(conn, client.client_id, ids, day - timedelta(days=7))
+    prior = {
+        contract_id: prior_usage(
+            contract_id,
+            day,
+            days,
+            totals.get(contract_id, Usage()),
+            [known.value for key, known in current.items() if key[1] == contract_id],
+        )
+        for contract_id in ids
+    }
+    rating = rate_client(contracts, client.timezone, talks, frozenset(ids), prior)
     desired = {(charge.conversation_id, charge.contract_id): charge for charge in rating.charges}
-    posted = await store.load_posted(conn, client.client_id, [contract.contract_id], front)
+    posted = {key: known.value for key, known in current.items() if cut is None or known.started_at < cut}
     postings = plan_postings(desired, posted)
-    await store.post(conn, client.client_id, postings, f"conversation {new.conversation_id}")
-    return Settlement({charge.conversation_id: charge for charge in rating.charges}, len(postings))
-
-
-async def settle_client(conn: asyncpg.Connection, client_id: str, reason: str) -> Settlement:
-    """Make the ledger of all the client's contracts equal the rating of all its conversations,
-    and mark the conversations no contract covers. The caller holds the client's lock
-    (`store.lock_client`) inside an open transaction."""
-    client = await store.load_client(conn, client_id)
-    if client is None:
-        return Settlement({}, 0)
-    contracts = await store.load_contracts(conn, client_id)
-    talks, statuses = await store.load_talks(conn, client_id, None, None)
-    rating = rate_client(contracts, client.timezone, talks)
-    desired = {(charge.conversation_id, charge.contract_id): charge for charge in rating.charges}
-    posted = await store.load_posted(conn, client_id, None)
-    postings = plan_postings(desired, posted)
-    await store.post(conn, client_id, postings, reason)
-    await store.set_match_statuses(conn, _statuses(statuses, rating.uncovered))
-    return Settlement({charge.conversation_id: charge for charge in rating.charges}, len(postings))
+    touched = [day for posting in postings for day in (*posting.current.days, posting.current.day)]
+    touched += [
+        day
+        for posting in postings
+        if (key := (posting.conversation_id, posting.contract_id)) in posted
+        for day in (*posted[key].days, posted[key].day)
+    ]
+    if touched and min(touched) < day - timedelta(days=7):
+        # A key dated far from its start (the client's time zone changed): read those days too.
+        days, _ = await store.load_usage(conn, client.client_id, ids, min(touched))
+    changes = plan_usage(
+        (
+            (posting.contract_id, posted.get((posting.conversation_id, posting.contract_id)), posting.current)
+            for posting in postings
+        ),
+        days,
+    )
+    await store.post(conn, client.client_id, postings, reason)
+    await store.add_usage(conn, client.client_id, changes)
+    return Settlement(
+        {charge.conversation_id: charge for charge in rating.charges}, len(postings), rating.uncovered
+    )
 
 
 def _statuses(resolved: dict[str, str], uncovered: tuple[str, ...]) -> dict[str, str]:
@@ -174,34 +230,105 @@ class RerateSummary:
     postings: int
 
 
-async def rerate(pool: asyncpg.Pool, client_id: str | None = None) -> RerateSummary:
-    """Re-attribute conversations after number, assignment or contract changes and post the
-    adjustments: for every client, or for `client_id` and whoever gains conversations."""
+async def rerate(pool: asyncpg.Pool, client_id: str | None = None, full: bool = False) -> RerateSummary:
+    """Apply the reference-data changes queued since the last rerate: re-attribute and re-rate
+    each queued client (or `client_id` only, and whoever gains its conversations) from the moment
+    its rating may differ. With `full`, every client (or `client_id`) is queued from its first
+    conversation first."""
     async with _retryable(), pool.acquire() as conn:
+        if full:
+            async with conn.transaction():
+                await conn.execute(QUERIES["queue_every_client"], client_id)
+                await conn.execute(QUERIES["refresh_unattributed_statuses"])
+        scope = None if client_id is None else {client_id}
+        clients: set[str] = set()
         postings = 0
-        # First detach what no longer belongs to its client (reversing its charges), so that a
-        # conversation is never charged to two clients at once.
-        releasing = sorted({row["client_id"] for row in await conn.fetch(QUERIES["attributions_to_release"])})
-        for owner in releasing:
-            async with conn.transaction():
-                await store.lock_client(conn, owner)
-                await conn.execute(QUERIES["release_client_conversations"], owner)
-                postings += (await settle_client(conn, owner, "rerate")).postings
-        await conn.execute(QUERIES["refresh_unattributed_statuses"])
-        targets = await _rerate_targets(conn, client_id)
-        for target in targets:
-            async with conn.transaction():
-                await store.lock_client(conn, target)
-                await conn.execute(QUERIES["attach_client_conversations"], target)
-                postings += (await settle_client(conn, target, "rerate")).postings
-        return RerateSummary(len(set(releasing) | set(targets)), postings)
+        while todo := [c for c in await store.pending_clients(conn) if scope is None or c in scope]:
+            for target in todo:
+                posted, gaining = await _rerate_client(conn, target)
+                clients.add(target)
+                postings += posted
+                if scope is not None:
+                    scope |= gaining
+        return RerateSummary(len(clients), postings)
 
 
-async def _rerate_targets(conn: asyncpg.Connection, client_id: str | None) -> list[str]:
-    if client_id is None:
-        return [row["client_id"] for row in await conn.fetch(QUERIES["all_clients"])]
-    waiting = await conn.fetch(QUERIES["clients_waiting_attachment"])
-    return sorted({client_id} | {row["client_id"] for row in waiting})
+async def _rerate_client(conn: asyncpg.Connection, client_id: str) -> tuple[int, set[str]]:
+    """Settle one queued client; returns the rows posted and the clients its conversations moved to."""
+    postings, gaining = 0, set[str]()
+    async with conn.transaction():
+        await store.lock_client(conn, client_id)
+        while (mark := await store.pending_rerate(conn, client_id)) is not None:
+            posted, moved = await _rerate_from(conn, client_id, mark.since)
+            postings += posted
+            gaining |= moved
+            if await store.finish_rerate(conn, client_id, mark.revision):
+                break
+    return postings, gaining
+
+
+async def _rerate_from(conn: asyncpg.Connection, client_id: str, since: datetime) -> tuple[int, set[str]]:
+    client = await store.load_client(conn, client_id)
+    if client is None:
+        return 0, set()
+    contracts = await store.load_contracts(conn, client_id)
+    gaining: dict[str, datetime] = {}
+    for owner, started in await store.release_conversations(conn, client_id, since):
+        if owner is not None:
+            gaining[owner] = min(started, gaining.get(owner, started))
+    for owner, started in gaining.items():
+        await store.queue_rerate(conn, owner, started)
+    await store.attach_conversations(conn, client_id, since)
+    front = await store.frontier(conn, client_id, since)
+    if front == since:  # nothing straddles `since`: start at the first conversation or key after it
+        first = await store.next_start(conn, client_id, since)
+        if first is None:
+            return 0, set(gaining)
+        front = first
+    postings = 0
+    while True:
+        loaded, cut = await _window(conn, client_id, front)
+        settlement = await _settle(conn, client, contracts, contracts, front, loaded.talks, cut, "rerate")
+        await store.set_match_statuses(conn, _statuses(loaded.statuses, settlement.uncovered))
+        postings += settlement.postings
+        if cut is None:
+            return postings, set(gaining)
+        front = cut
+
+
+async def _window(
+    conn: asyncpg.Connection, client_id: str, front: datetime
+) -> tuple[store.ClientTalks, datetime | None]:
+    """The client's conversations from the frontier `front` up to the next frontier after about a
+    WINDOW (None when they reach the end)."""
+    span = WINDOW
+    while True:
+        loaded = await store.load_talks(conn, client_id, front, front + span)
+        following = await store.next_start(conn, client_id, front + span)
+        if following is None:
+            return loaded, None
+        spans = [(talk.started_ms, loaded.ends_ms[talk.conversation_id]) for talk in loaded.talks]
+        cut_ms = cut_point(spans, to_ms(following))
+        if cut_ms is not None:
+            cut = from_ms(cut_ms)
+            kept = [talk for talk in loaded.talks if talk.started_ms < cut_ms]
+            return replace(loaded, talks=kept), cut
+        span *= 2
+
+
+def cut_point(spans: list[tuple[int, int]], following: int) -> int | None:
+    """The latest moment a window of conversations, (start, end) in ms, may stop at: a start
+    (after the first conversation's, or `following`, the first start after the window) before
+    which every conversation has ended. None when they overlap all the way."""
+    cut: int | None = None
+    latest_end: int | None = None
+    for index, (start, end) in enumerate(sorted(spans)):
+        if index > 0 and latest_end is not None and start > latest_end:
+            cut = start
+        latest_end = end if latest_end is None else max(latest_end, end)
+    if latest_end is None or following > latest_end:
+        cut = following
+    return cut
 
 
 async def assign_conversation(

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -17,7 +21,7 @@ from accounting.contracts import Client, Contract
 from accounting.conversations import FinishedConversation, Interval, Talk, from_ms, to_ms
 from accounting.postings import DayCounts, Key, LedgerState, Posting
 from accounting.queries import QUERIES
-from accounting.rating import PriorUsage
+from accounting.usage import DayKey, Running, Usage, Week
 
 # Contract validity is in client-local dates; any zone is within ±14 h of UTC, so this margin
 # loads every conversation a contract might cover (rating filters by the exact local date).
@@ -134,10 +138,19 @@ def _utc_midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientTalks:
+    talks: list[Talk]
+    statuses: dict[str, str]
+    """Each conversation's resolution status (matched, assigned, ...)."""
+    ends_ms: dict[str, int]
+    """Each conversation's end (ended_at), which a frontier is about."""
+
+
 async def load_talks(
     conn: asyncpg.Connection, client_id: str, since: datetime | None, until: datetime | None
-) -> tuple[list[Talk], dict[str, str]]:
-    """The client's conversations started in [since, until), and their resolution statuses."""
+) -> ClientTalks:
+    """The client's conversations started in [since, until)."""
     rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until)
     segments = await conn.fetch(QUERIES["client_segments"], client_id, since, until)
     intervals: dict[str, list[Interval]] = defaultdict(list)
@@ -156,7 +169,11 @@ async def load_talks(
         )
         for row in rows
     ]
-    return talks, {row["conversation_id"]: row["status"] for row in rows}
+    return ClientTalks(
+        talks,
+        {row["conversation_id"]: row["status"] for row in rows},
+        {row["conversation_id"]: to_ms(row["ended_at"]) for row in rows},
+    )
 
 
 async def frontier(conn: asyncpg.Connection, client_id: str, start: datetime) -> datetime:
@@ -169,20 +186,10 @@ async def frontier(conn: asyncpg.Connection, client_id: str, start: datetime) ->
         start = earliest
 
 
-async def prior_usage(
-    conn: asyncpg.Connection, contract: Contract, before: datetime, from_day: date
-) -> PriorUsage:
-    """What the contract's conversations started before `before` consumed (free from `from_day`);
-    the ledger is only asked about the allowances the contract has."""
-    free: dict[date, int] = {}
-    prepaid = 0
-    key = (contract.client_id, contract.contract_id, before)
-    if contract.free_daily_minutes is not None:
-        rows = await conn.fetch(QUERIES["settled_free_by_day"], *key, from_day)
-        free = {row["day"]: int(row["free_ms"]) for row in rows}
-    if contract.prepaid_minutes is not None:
-        prepaid = int(await conn.fetchval(QUERIES["settled_prepaid"], *key))
-    return PriorUsage(free, prepaid)
+async def next_start(conn: asyncpg.Connection, client_id: str, at: datetime) -> datetime | None:
+    """The first start at or after `at` of the client's conversations and ledger keys."""
+    result: datetime | None = await conn.fetchval(QUERIES["next_start"], client_id, at)
+    return result
 
 
 async def set_match_statuses(conn: asyncpg.Connection, statuses: dict[str, str]) -> None:
@@ -190,76 +197,287 @@ async def set_match_statuses(conn: asyncpg.Connection, statuses: dict[str, str])
     await conn.execute(QUERIES["set_match_statuses"], ids, [statuses[i] for i in ids])
 
 
-async def load_posted(
-    conn: asyncpg.Connection, client_id: str, contract_ids: list[str] | None, since: datetime | None = None
-) -> dict[Key, LedgerState]:
-    """The ledger's value of the client's keys (of `contract_ids`, of conversations started at or
-    after `since`; None = all)."""
-    days: dict[Key, dict[date, DayCounts]] = defaultdict(dict)
-    for row in await conn.fetch(QUERIES["posted_days"], client_id, contract_ids, since):
-        key = (row["conversation_id"], row["contract_id"])
-        # sum() of bigint is numeric in PostgreSQL: back to int for exact integer arithmetic.
-        days[key][row["day"]] = (
-            int(row["talk_ms"]),
-            int(row["free_ms"]),
-            int(row["prepaid_ms"]),
-            int(row["paid_ms"]),
-        )
-    posted: dict[Key, LedgerState] = {}
-    for row in await conn.fetch(QUERIES["posted_charges"], client_id, contract_ids, since):
-        key = (row["conversation_id"], row["contract_id"])
-        posted[key] = LedgerState(
-            day=row["day"],
-            talk_ms=int(row["talk_ms"]),
-            hold_ms=int(row["hold_ms"]),
-            excluded_ms=int(row["excluded_ms"]),
-            free_ms=int(row["free_ms"]),
-            prepaid_ms=int(row["prepaid_ms"]),
-            paid_ms=int(row["paid_ms"]),
-            billable_seconds=int(row["billable_seconds"]),
-            amount=row["amount"],
-            currency=row["currency"],
-            over_quota=row["over_quota"],
-            short_call=row["short_call"],
-            tier_changes=tuple((change["at"], change["tier"]) for change in json.loads(row["tier_changes"])),
-            days=days.get(key, {}),
-        )
-    return posted
+class Current(NamedTuple):
+    started_at: datetime
+    value: LedgerState
+
+
+async def load_current(
+    conn: asyncpg.Connection,
+    client_id: str,
+    contract_ids: Sequence[str] | None,
+    since: datetime,
+    until: datetime | None = None,
+) -> dict[Key, Current]:
+    """The current value of the client's ledger keys (of `contract_ids`, None = all) whose
+    conversations started in [since, until)."""
+    rows = await conn.fetch(
+        QUERIES["current_charges"],
+        client_id,
+        None if contract_ids is None else list(contract_ids),
+        since,
+        until,
+    )
+    return {
+        (row["conversation_id"], row["contract_id"]): Current(row["started_at"], _state(row)) for row in rows
+    }
+
+
+def _state(row: asyncpg.Record, days: str | None = None) -> LedgerState:
+    """A key's value from a row of `current_charges` (or of sums of the ledger: sum() of bigint is
+    numeric in PostgreSQL, so the counts go back to int for exact integer arithmetic)."""
+    return LedgerState(
+        day=row["day"],
+        talk_ms=int(row["talk_ms"]),
+        hold_ms=int(row["hold_ms"]),
+        excluded_ms=int(row["excluded_ms"]),
+        free_ms=int(row["free_ms"]),
+        prepaid_ms=int(row["prepaid_ms"]),
+        paid_ms=int(row["paid_ms"]),
+        billable_seconds=int(row["billable_seconds"]),
+        amount=row["amount"],
+        currency=row["currency"],
+        over_quota=row["over_quota"],
+        short_call=row["short_call"],
+        tier_changes=tuple((change["at"], change["tier"]) for change in json.loads(row["tier_changes"])),
+        days={
+            date.fromisoformat(day): _counts(counts)
+            for day, counts in json.loads(row["days"] if days is None else days).items()
+        },
+    )
+
+
+def _counts(values: list[int]) -> DayCounts:
+    talk, free, prepaid, paid = values
+    return talk, free, prepaid, paid
+
+
+async def load_usage(
+    conn: asyncpg.Connection, client_id: str, contract_ids: Sequence[str], from_day: date
+) -> tuple[dict[DayKey, Usage], dict[str, Usage]]:
+    """The running state of the contracts: their days from `from_day` on, and their totals."""
+    ids = list(contract_ids)
+    days = {
+        (row["contract_id"], row["day"]): _usage(row)
+        for row in await conn.fetch(QUERIES["usage_days"], client_id, ids, from_day)
+    }
+    totals = {
+        row["contract_id"]: _usage(row) for row in await conn.fetch(QUERIES["usage_totals"], client_id, ids)
+    }
+    return days, totals
+
+
+def _usage(row: asyncpg.Record) -> Usage:
+    return Usage(
+        row["talk_ms"],
+        row["free_ms"],
+        row["prepaid_ms"],
+        row["paid_ms"],
+        row["conversations"],
+        row["billable_seconds"],
+        row["amount"],
+    )
 
 
 async def post(conn: asyncpg.Connection, client_id: str, postings: list[Posting], reason: str) -> None:
-    """Append the ledger rows (and their per-day rows)."""
-    for posting in postings:
-        value = posting.value
-        charge_id = await conn.fetchval(
-            QUERIES["insert_charge"],
-            posting.conversation_id,
-            posting.contract_id,
-            client_id,
-            posting.kind,
-            reason,
-            value.day,
-            value.talk_ms,
-            value.hold_ms,
-            value.excluded_ms,
-            value.free_ms,
-            value.prepaid_ms,
-            value.paid_ms,
-            value.billable_seconds,
-            value.amount,
-            value.currency,
-            value.over_quota,
-            value.short_call,
-            json.dumps([{"at": at, "tier": tier} for at, tier in value.tier_changes]),
-        )
-        days = sorted(value.days)
+    """Append the ledger rows (and their per-day rows) and save the keys' current values."""
+    if not postings:
+        return
+    values = [posting.value for posting in postings]
+    rows = await conn.fetch(
+        QUERIES["insert_charges"],
+        client_id,
+        reason,
+        [posting.conversation_id for posting in postings],
+        [posting.contract_id for posting in postings],
+        [posting.kind for posting in postings],
+        *_columns(values),
+    )
+    charge_ids = {(row["conversation_id"], row["contract_id"]): row["charge_id"] for row in rows}
+    ids = [charge_ids[(posting.conversation_id, posting.contract_id)] for posting in postings]
+    days = [
+        (charge_id, day, counts)
+        for charge_id, value in zip(ids, values, strict=True)
+        for day, counts in sorted(value.days.items())
+    ]
+    await conn.execute(
+        QUERIES["insert_charge_days"],
+        client_id,
+        [charge_id for charge_id, _, _ in days],
+        [day for _, day, _ in days],
+        *([counts[column] for _, _, counts in days] for column in range(4)),
+    )
+    currents = [posting.current for posting in postings]
+    await conn.execute(
+        QUERIES["save_current_charges"],
+        client_id,
+        [posting.conversation_id for posting in postings],
+        [posting.contract_id for posting in postings],
+        *_columns(currents),
+        [_days_json(value) for value in currents],
+        ids,
+    )
+
+
+def _columns(values: list[LedgerState]) -> list[list[Any]]:
+    """The charges columns from `day` to `tier_changes`, one list each."""
+    return [
+        [value.day for value in values],
+        [value.talk_ms for value in values],
+        [value.hold_ms for value in values],
+        [value.excluded_ms for value in values],
+        [value.free_ms for value in values],
+        [value.prepaid_ms for value in values],
+        [value.paid_ms for value in values],
+        [value.billable_seconds for value in values],
+        [value.amount for value in values],
+        [value.currency for value in values],
+        [value.over_quota for value in values],
+        [value.short_call for value in values],
+        [json.dumps([{"at": at, "tier": tier} for at, tier in value.tier_changes]) for value in values],
+    ]
+
+
+def _days_json(value: LedgerState) -> str:
+    return json.dumps({day.isoformat(): list(counts) for day, counts in sorted(value.days.items())})
+
+
+async def add_usage(conn: asyncpg.Connection, client_id: str, changes: Running) -> None:
+    """Add the running-state changes (see `usage.plan_usage`)."""
+    if changes.days:
+        keys = sorted(changes.days)
         await conn.execute(
-            QUERIES["insert_charge_days"],
-            charge_id,
+            QUERIES["add_usage_days"],
             client_id,
-            days,
-            *([value.days[day][column] for day in days] for column in range(4)),
+            [contract_id for contract_id, _ in keys],
+            [day for _, day in keys],
+            *_usage_columns([changes.days[key] for key in keys]),
         )
+    if changes.weeks:
+        keys = sorted(changes.weeks)
+        await conn.execute(
+            QUERIES["add_usage_weeks"],
+            client_id,
+            [contract_id for contract_id, _ in keys],
+            [week for _, week in keys],
+            [changes.weeks[key].free_days for key in keys],
+            [changes.weeks[key].free_ms for key in keys],
+        )
+    if changes.totals:
+        ids = sorted(changes.totals)
+        await conn.execute(
+            QUERIES["add_usage_totals"], client_id, ids, *_usage_columns([changes.totals[i] for i in ids])
+        )
+
+
+def _usage_columns(usages: list[Usage]) -> list[list[int] | list[Decimal]]:
+    return [
+        [u.talk_ms for u in usages],
+        [u.free_ms for u in usages],
+        [u.prepaid_ms for u in usages],
+        [u.paid_ms for u in usages],
+        [u.conversations for u in usages],
+        [u.billable_seconds for u in usages],
+        [u.amount for u in usages],
+    ]
+
+
+# ----- re-rating what changed ----------------------------------------------------------------
+
+
+class Pending(NamedTuple):
+    since: datetime
+    revision: int
+
+
+async def pending_clients(conn: asyncpg.Connection) -> list[str]:
+    return [row["client_id"] for row in await conn.fetch(QUERIES["pending_rerates"])]
+
+
+async def pending_rerate(conn: asyncpg.Connection, client_id: str) -> Pending | None:
+    row = await conn.fetchrow(QUERIES["pending_rerate"], client_id)
+    return None if row is None else Pending(row["since"], row["revision"])
+
+
+async def queue_rerate(conn: asyncpg.Connection, client_id: str, since: datetime) -> None:
+    await conn.execute(QUERIES["queue_rerate"], client_id, since)
+
+
+async def finish_rerate(conn: asyncpg.Connection, client_id: str, revision: int) -> bool:
+    """Clear the client's mark; False when a change arrived since `revision` was read."""
+    status: str = await conn.execute(QUERIES["finish_rerate"], client_id, revision)
+    return status == "DELETE 1"
+
+
+async def release_conversations(
+    conn: asyncpg.Connection, client_id: str, since: datetime
+) -> list[tuple[str | None, datetime]]:
+    """Detach the client's conversations from `since` that no longer resolve to it; returns each
+    one's new client (None when nobody) and start."""
+    rows = await conn.fetch(QUERIES["release_client_conversations"], client_id, since)
+    return [(row["new_client_id"], row["started_at"]) for row in rows]
+
+
+async def attach_conversations(conn: asyncpg.Connection, client_id: str, since: datetime) -> None:
+    await conn.execute(QUERIES["attach_client_conversations"], client_id, since)
+
+
+# ----- the ledger against its running state ------------------------------------------------
+
+
+class KeyRecord(NamedTuple):
+    value: LedgerState
+    postings: int
+    last_charge_id: int
+
+
+async def ledger_keys(conn: asyncpg.Connection, client_id: str) -> dict[Key, KeyRecord]:
+    """Every key of the client as the ledger's rows sum to (not the running state)."""
+    days: dict[Key, dict[date, DayCounts]] = defaultdict(dict)
+    for row in await conn.fetch(QUERIES["ledger_key_days"], client_id):
+        counts = (int(row["talk_ms"]), int(row["free_ms"]), int(row["prepaid_ms"]), int(row["paid_ms"]))
+        if any(counts):
+            days[(row["conversation_id"], row["contract_id"])][row["day"]] = counts
+    return {
+        (row["conversation_id"], row["contract_id"]): KeyRecord(
+            replace(_state(row, "{}"), days=days.get((row["conversation_id"], row["contract_id"]), {})),
+            row["postings"],
+            row["last_charge_id"],
+        )
+        for row in await conn.fetch(QUERIES["ledger_keys"], client_id)
+    }
+
+
+async def stored_keys(conn: asyncpg.Connection, client_id: str) -> dict[Key, KeyRecord]:
+    """Every key of the client as `current_charges` holds it."""
+    return {
+        (row["conversation_id"], row["contract_id"]): KeyRecord(
+            _state(row), row["postings"], row["last_charge_id"]
+        )
+        for row in await conn.fetch(QUERIES["stored_current_charges"], client_id)
+    }
+
+
+async def stored_usage(conn: asyncpg.Connection, client_id: str) -> Running:
+    """The client's whole running state as the tables hold it."""
+    return Running(
+        {
+            (row["contract_id"], row["day"]): _usage(row)
+            for row in await conn.fetch(QUERIES["stored_usage_days"], client_id)
+        },
+        {
+            (row["contract_id"], row["week"]): Week(row["free_days"], row["free_ms"])
+            for row in await conn.fetch(QUERIES["stored_usage_weeks"], client_id)
+        },
+        {
+            row["contract_id"]: _usage(row)
+            for row in await conn.fetch(QUERIES["stored_usage_totals"], client_id)
+        },
+    )
+
+
+async def all_clients(conn: asyncpg.Connection) -> list[str]:
+    return [row["client_id"] for row in await conn.fetch(QUERIES["all_clients"])]
 
 
 async def save_client(conn: asyncpg.Connection, client: Client) -> None:

@@ -78,7 +78,7 @@ CREATE TABLE talkmeter.usage_weeks (
     client_id text NOT NULL REFERENCES talkmeter.clients,
     contract_id text NOT NULL REFERENCES talkmeter.contracts,
     week date NOT NULL CHECK (extract(isodow FROM week) = 1),
-    free_days integer NOT NULL DEFAULT 0 CHECK (free_days BETWEEN 0 AND 7),
+    free_days integer NOT NULL DEFAULT 0,
     free_ms bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (client_id, contract_id, week)
 ) WITH (fillfactor = 70);

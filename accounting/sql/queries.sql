@@ -58,7 +58,10 @@ SELECT $1, s.position, s.consultant, s.start_at, s.end_at, s.hold
        AS s(position, consultant, start_at, end_at, hold);
 
 -- name: resolve_conversation
-SELECT client_id, status FROM talkmeter.conversation_resolution WHERE conversation_id = $1;
+SELECT r.client_id, r.status
+  FROM talkmeter.conversations c
+ CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
+ WHERE c.conversation_id = $1;
 
 -- name: set_attribution
 UPDATE talkmeter.conversations SET client_id = $2, match_status = $3 WHERE conversation_id = $1;
@@ -82,9 +85,9 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
 -- name: client_conversations
 -- The client's conversations that started in [$2, $3) with their resolution status; NULL
 -- bounds are open.
-SELECT c.conversation_id, c.started_at, c.line, r.status
+SELECT c.conversation_id, c.started_at, c.ended_at, c.line, r.status
   FROM talkmeter.conversations c
-  JOIN talkmeter.conversation_resolution r USING (conversation_id)
+ CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
  WHERE c.client_id = $1
    AND c.started_at >= COALESCE($2::timestamptz, '-infinity')
    AND c.started_at < COALESCE($3::timestamptz, 'infinity');
@@ -99,24 +102,19 @@ SELECT s.conversation_id, s.start_at, s.end_at, s.hold, s.consultant
  ORDER BY s.conversation_id, s.position;
 
 -- name: earliest_start_still_talking
--- The earliest start among the client's conversations that ended at or after $2.
-SELECT min(started_at) FROM talkmeter.conversations WHERE client_id = $1 AND ended_at >= $2;
+-- The earliest start among the client's conversations that ended at or after $2. The inner
+-- query keeps the planner on the (client_id, ended_at) index, whose range is the conversations
+-- ending from $2 on; min() straight over the table would walk (client_id, started_at) from the
+-- client's oldest conversation instead.
+SELECT min(started_at)
+  FROM (SELECT started_at FROM talkmeter.conversations
+         WHERE client_id = $1 AND ended_at >= $2 OFFSET 0) still_talking;
 
--- name: settled_free_by_day
--- Free milliseconds per local day (from $4 on) of the contract's conversations started before
--- the frontier $3: the usage a re-rating from the frontier starts from.
-SELECT d.day, sum(d.free_ms) AS free_ms
-  FROM talkmeter.charges ch
-  JOIN talkmeter.conversations c USING (conversation_id)
-  JOIN talkmeter.charge_days d USING (charge_id)
- WHERE ch.client_id = $1 AND ch.contract_id = $2 AND c.started_at < $3 AND d.day >= $4
- GROUP BY d.day;
-
--- name: settled_prepaid
-SELECT COALESCE(sum(ch.prepaid_ms), 0)
-  FROM talkmeter.charges ch
-  JOIN talkmeter.conversations c USING (conversation_id)
- WHERE ch.client_id = $1 AND ch.contract_id = $2 AND c.started_at < $3;
+-- name: next_start
+-- The first start at or after $2 among the client's conversations and ledger keys (a key's
+-- conversation may have gone to another client).
+SELECT LEAST((SELECT min(started_at) FROM talkmeter.conversations WHERE client_id = $1 AND started_at >= $2),
+             (SELECT min(started_at) FROM talkmeter.current_charges WHERE client_id = $1 AND started_at >= $2));
 
 -- name: set_match_statuses
 UPDATE talkmeter.conversations c
@@ -125,95 +123,187 @@ UPDATE talkmeter.conversations c
  WHERE c.conversation_id = u.conversation_id
    AND c.match_status IS DISTINCT FROM u.status;
 
--- name: posted_charges
--- What the ledger says now for the client's keys, restricted to contracts $2 (NULL = all) and
--- to conversations started at or after $3 (NULL = all): the
--- sums of each key's rows, and the non-additive columns of its latest row. (Filtering the base
--- table keeps this an index scan; a contract never changes client, so a key's rows share it.)
-SELECT conversation_id, contract_id,
-       (array_agg(day ORDER BY charge_id DESC))[1] AS day,
-       sum(talk_ms) AS talk_ms, sum(hold_ms) AS hold_ms, sum(excluded_ms) AS excluded_ms,
-       sum(free_ms) AS free_ms, sum(prepaid_ms) AS prepaid_ms, sum(paid_ms) AS paid_ms,
-       sum(billable_seconds) AS billable_seconds, sum(amount) AS amount,
-       (array_agg(currency ORDER BY charge_id DESC))[1] AS currency,
-       (array_agg(over_quota ORDER BY charge_id DESC))[1] AS over_quota,
-       (array_agg(short_call ORDER BY charge_id DESC))[1] AS short_call,
-       (array_agg(tier_changes ORDER BY charge_id DESC))[1] AS tier_changes
-  FROM talkmeter.charges
+-- name: current_charges
+-- The current value of the client's ledger keys of contracts $2 (NULL = all) whose
+-- conversations started in [$3, $4) ($4 NULL = open).
+SELECT conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
+       prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call,
+       tier_changes::text AS tier_changes, days::text AS days
+  FROM talkmeter.current_charges
  WHERE client_id = $1
    AND ($2::text[] IS NULL OR contract_id = ANY($2::text[]))
-   AND ($3::timestamptz IS NULL OR conversation_id IN (
-        SELECT conversation_id FROM talkmeter.conversations WHERE client_id = $1 AND started_at >= $3))
- GROUP BY conversation_id, contract_id;
+   AND started_at >= $3
+   AND started_at < COALESCE($4::timestamptz, 'infinity');
 
--- name: posted_days
-SELECT ch.conversation_id, ch.contract_id, d.day,
-       sum(d.talk_ms) AS talk_ms, sum(d.free_ms) AS free_ms,
-       sum(d.prepaid_ms) AS prepaid_ms, sum(d.paid_ms) AS paid_ms
-  FROM talkmeter.charge_days d
-  JOIN talkmeter.charges ch USING (charge_id)
- WHERE ch.client_id = $1
-   AND ($2::text[] IS NULL OR ch.contract_id = ANY($2::text[]))
-   AND ($3::timestamptz IS NULL OR ch.conversation_id IN (
-        SELECT conversation_id FROM talkmeter.conversations WHERE client_id = $1 AND started_at >= $3))
- GROUP BY ch.conversation_id, ch.contract_id, d.day;
+-- name: usage_days
+-- The running state of contracts $2 from day $3 on.
+SELECT contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
+  FROM talkmeter.usage_days
+ WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day >= $3;
 
--- name: insert_charge
+-- name: usage_totals
+SELECT contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
+  FROM talkmeter.usage_totals
+ WHERE client_id = $1 AND contract_id = ANY($2::text[]);
+
+-- name: insert_charges
+-- Ledger rows of one client, in the order given (a key gets at most one row per call).
 INSERT INTO talkmeter.charges (
     conversation_id, contract_id, client_id, kind, reason, day, talk_ms, hold_ms, excluded_ms,
     free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call,
     tier_changes)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18::jsonb)
-RETURNING charge_id;
+SELECT r.conversation_id, r.contract_id, $1, r.kind, $2, r.day, r.talk_ms, r.hold_ms, r.excluded_ms,
+       r.free_ms, r.prepaid_ms, r.paid_ms, r.billable_seconds, r.amount, r.currency, r.over_quota,
+       r.short_call, r.tier_changes::jsonb
+  FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::bigint[], $8::bigint[], $9::bigint[],
+              $10::bigint[], $11::bigint[], $12::bigint[], $13::integer[], $14::numeric[], $15::text[],
+              $16::boolean[], $17::boolean[], $18::text[])
+       WITH ORDINALITY AS r(conversation_id, contract_id, kind, day, talk_ms, hold_ms, excluded_ms,
+                            free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency,
+                            over_quota, short_call, tier_changes, position)
+ ORDER BY r.position
+RETURNING charge_id, conversation_id, contract_id;
 
 -- name: insert_charge_days
 INSERT INTO talkmeter.charge_days (charge_id, client_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
-SELECT $1, $2, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
-  FROM unnest($3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-       AS d(day, talk_ms, free_ms, prepaid_ms, paid_ms);
+SELECT d.charge_id, $1, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
+  FROM unnest($2::bigint[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+       AS d(charge_id, day, talk_ms, free_ms, prepaid_ms, paid_ms);
+
+-- name: save_current_charges
+-- The keys' values after the ledger rows just appended (charge_id: the latest row of each).
+INSERT INTO talkmeter.current_charges AS cur (
+    client_id, conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
+    prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes,
+    days, postings, last_charge_id)
+SELECT $1, r.conversation_id, r.contract_id, cv.started_at, r.day, r.talk_ms, r.hold_ms, r.excluded_ms,
+       r.free_ms, r.prepaid_ms, r.paid_ms, r.billable_seconds, r.amount, r.currency, r.over_quota,
+       r.short_call, r.tier_changes::jsonb, r.days::jsonb, 1, r.charge_id
+  FROM unnest($2::text[], $3::text[], $4::date[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+              $9::bigint[], $10::bigint[], $11::bigint[], $12::numeric[], $13::text[], $14::boolean[],
+              $15::boolean[], $16::text[], $17::text[], $18::bigint[])
+       AS r(conversation_id, contract_id, day, talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms,
+            paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes, days,
+            charge_id)
+  JOIN talkmeter.conversations cv USING (conversation_id)
+ON CONFLICT (client_id, conversation_id, contract_id) DO UPDATE
+   SET day = EXCLUDED.day, talk_ms = EXCLUDED.talk_ms, hold_ms = EXCLUDED.hold_ms,
+       excluded_ms = EXCLUDED.excluded_ms, free_ms = EXCLUDED.free_ms,
+       prepaid_ms = EXCLUDED.prepaid_ms, paid_ms = EXCLUDED.paid_ms,
+       billable_seconds = EXCLUDED.billable_seconds, amount = EXCLUDED.amount,
+       currency = EXCLUDED.currency, over_quota = EXCLUDED.over_quota,
+       short_call = EXCLUDED.short_call, tier_changes = EXCLUDED.tier_changes, days = EXCLUDED.days,
+       postings = cur.postings + 1, last_charge_id = EXCLUDED.last_charge_id;
+
+-- name: add_usage_days
+INSERT INTO talkmeter.usage_days AS u (
+    client_id, contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations,
+    billable_seconds, amount)
+SELECT $1, r.contract_id, r.day, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
+       r.billable_seconds, r.amount
+  FROM unnest($2::text[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+              $8::bigint[], $9::bigint[], $10::numeric[])
+       AS r(contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+ON CONFLICT (client_id, contract_id, day) DO UPDATE
+   SET talk_ms = u.talk_ms + EXCLUDED.talk_ms, free_ms = u.free_ms + EXCLUDED.free_ms,
+       prepaid_ms = u.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = u.paid_ms + EXCLUDED.paid_ms,
+       conversations = u.conversations + EXCLUDED.conversations,
+       billable_seconds = u.billable_seconds + EXCLUDED.billable_seconds,
+       amount = u.amount + EXCLUDED.amount;
+
+-- name: add_usage_weeks
+INSERT INTO talkmeter.usage_weeks AS w (client_id, contract_id, week, free_days, free_ms)
+SELECT $1, r.contract_id, r.week, r.free_days, r.free_ms
+  FROM unnest($2::text[], $3::date[], $4::integer[], $5::bigint[]) AS r(contract_id, week, free_days, free_ms)
+ON CONFLICT (client_id, contract_id, week) DO UPDATE
+   SET free_days = w.free_days + EXCLUDED.free_days, free_ms = w.free_ms + EXCLUDED.free_ms;
+
+-- name: add_usage_totals
+INSERT INTO talkmeter.usage_totals AS t (
+    client_id, contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+SELECT $1, r.contract_id, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
+       r.billable_seconds, r.amount
+  FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+              $8::bigint[], $9::numeric[])
+       AS r(contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+ON CONFLICT (client_id, contract_id) DO UPDATE
+   SET talk_ms = t.talk_ms + EXCLUDED.talk_ms, free_ms = t.free_ms + EXCLUDED.free_ms,
+       prepaid_ms = t.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = t.paid_ms + EXCLUDED.paid_ms,
+       conversations = t.conversations + EXCLUDED.conversations,
+       billable_seconds = t.billable_seconds + EXCLUDED.billable_seconds,
+       amount = t.amount + EXCLUDED.amount;
 
 -- ===== re-rating =====
 
--- name: attributions_to_release
--- Conversations attributed to a client that their current resolution no longer gives them.
-SELECT c.conversation_id, c.client_id
-  FROM talkmeter.conversations c
-  JOIN talkmeter.conversation_resolution r USING (conversation_id)
- WHERE c.client_id IS NOT NULL
-   AND r.client_id IS DISTINCT FROM c.client_id
- ORDER BY c.client_id, c.conversation_id;
+-- name: pending_rerates
+SELECT client_id FROM talkmeter.pending_rerates ORDER BY client_id;
+
+-- name: pending_rerate
+-- '-infinity' (a new time zone: everything) comes back as the first representable moment.
+SELECT GREATEST(since, '0001-01-01 00:00:00+00') AS since, revision
+  FROM talkmeter.pending_rerates WHERE client_id = $1;
+
+-- name: queue_rerate
+SELECT talkmeter.queue_rerate($1, $2);
+
+-- name: finish_rerate
+-- Clears the client's mark unless a change arrived since it was read.
+DELETE FROM talkmeter.pending_rerates WHERE client_id = $1 AND revision = $2;
 
 -- name: release_client_conversations
--- Within the client's lock: detach what no longer resolves to it (it waits unattributed until
--- its new client, if any, is settled).
+-- Within the client's lock: detach the client's conversations started at or after $2 that no
+-- longer resolve to it (they wait unattributed until their new client, if any, re-rates).
 UPDATE talkmeter.conversations c
    SET client_id = NULL, match_status = r.status
-  FROM talkmeter.conversation_resolution r
- WHERE r.conversation_id = c.conversation_id
-   AND c.client_id = $1
-   AND r.client_id IS DISTINCT FROM $1;
+  FROM (SELECT cv.conversation_id, cv.started_at, res.client_id, res.status
+          FROM talkmeter.conversations cv
+         CROSS JOIN LATERAL talkmeter.resolve(cv.conversation_id, cv.client_number) res
+         WHERE cv.client_id = $1 AND cv.started_at >= $2) r
+ WHERE c.conversation_id = r.conversation_id
+   AND r.client_id IS DISTINCT FROM $1
+RETURNING c.conversation_id, r.started_at, r.client_id AS new_client_id;
 
 -- name: attach_client_conversations
+-- Within the client's lock: attach the unattributed conversations started at or after $2 that
+-- resolve to it (by one of its numbers, or assigned to it).
 UPDATE talkmeter.conversations c
    SET client_id = r.client_id, match_status = r.status
-  FROM talkmeter.conversation_resolution r
- WHERE r.conversation_id = c.conversation_id
-   AND c.client_id IS NULL
+  FROM (SELECT cv.conversation_id, res.client_id, res.status
+          FROM talkmeter.conversations cv
+         CROSS JOIN LATERAL talkmeter.resolve(cv.conversation_id, cv.client_number) res
+         WHERE cv.client_id IS NULL AND cv.started_at >= $2
+           AND (cv.client_number IN (SELECT n.number FROM talkmeter.client_numbers n WHERE n.client_id = $1)
+                OR cv.conversation_id IN (SELECT a.conversation_id FROM talkmeter.conversation_assignments a
+                                           WHERE a.client_id = $1))) r
+ WHERE c.conversation_id = r.conversation_id
    AND r.client_id = $1;
+
+-- name: queue_every_client
+-- `rerate --full`: every client ($1 NULL) or one from its first conversation.
+SELECT talkmeter.queue_rerate(client_id, '-infinity')
+  FROM talkmeter.clients
+ WHERE $1::text IS NULL OR client_id = $1;
+
+-- name: misattributed_clients
+-- `rerate --full`: the clients that have conversations their resolution no longer gives them,
+-- or would gain unattributed ones (a scan of all conversations).
+SELECT DISTINCT client_id FROM (
+    SELECT c.client_id FROM talkmeter.conversations c
+     CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
+     WHERE c.client_id IS NOT NULL AND r.client_id IS DISTINCT FROM c.client_id
+    UNION ALL
+    SELECT r.client_id FROM talkmeter.conversations c
+     CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
+     WHERE c.client_id IS NULL AND r.client_id IS NOT NULL) moved;
 
 -- name: refresh_unattributed_statuses
 UPDATE talkmeter.conversations c
    SET match_status = r.status
-  FROM talkmeter.conversation_resolution r
- WHERE r.conversation_id = c.conversation_id
-   AND c.client_id IS NULL
+  FROM talkmeter.conversations u
+ CROSS JOIN LATERAL talkmeter.resolve(u.conversation_id, u.client_number) r
+ WHERE c.conversation_id = u.conversation_id
+   AND u.client_id IS NULL
    AND c.match_status IS DISTINCT FROM r.status;
-
--- name: clients_waiting_attachment
-SELECT DISTINCT r.client_id
-  FROM talkmeter.conversations c
-  JOIN talkmeter.conversation_resolution r USING (conversation_id)
- WHERE c.client_id IS NULL AND r.client_id IS NOT NULL;
 
 -- name: all_clients
 SELECT client_id FROM talkmeter.clients ORDER BY client_id;
@@ -292,3 +382,51 @@ SELECT ms.client_id, cl.name AS client_name, ms.month, ms.conversations, ms.talk
  WHERE ms.month = $1
    AND ($2::text IS NULL OR ms.client_id = $2)
  ORDER BY ms.client_id;
+
+-- ===== checking the running state against the ledger =====
+
+-- name: ledger_keys
+-- The ledger's value of each of the client's keys: the sums of its rows and the other columns of
+-- its latest row, straight from the ledger.
+SELECT conversation_id, contract_id,
+       (array_agg(day ORDER BY charge_id DESC))[1] AS day,
+       sum(talk_ms) AS talk_ms, sum(hold_ms) AS hold_ms, sum(excluded_ms) AS excluded_ms,
+       sum(free_ms) AS free_ms, sum(prepaid_ms) AS prepaid_ms, sum(paid_ms) AS paid_ms,
+       sum(billable_seconds) AS billable_seconds, sum(amount) AS amount,
+       (array_agg(currency ORDER BY charge_id DESC))[1] AS currency,
+       (array_agg(over_quota ORDER BY charge_id DESC))[1] AS over_quota,
+       (array_agg(short_call ORDER BY charge_id DESC))[1] AS short_call,
+       (array_agg(tier_changes ORDER BY charge_id DESC))[1]::text AS tier_changes,
+       count(*) AS postings, max(charge_id) AS last_charge_id
+  FROM talkmeter.charges
+ WHERE client_id = $1
+ GROUP BY conversation_id, contract_id;
+
+-- name: ledger_key_days
+SELECT ch.conversation_id, ch.contract_id, d.day,
+       sum(d.talk_ms) AS talk_ms, sum(d.free_ms) AS free_ms,
+       sum(d.prepaid_ms) AS prepaid_ms, sum(d.paid_ms) AS paid_ms
+  FROM talkmeter.charge_days d
+  JOIN talkmeter.charges ch USING (charge_id)
+ WHERE d.client_id = $1
+ GROUP BY ch.conversation_id, ch.contract_id, d.day;
+
+-- name: stored_current_charges
+SELECT conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
+       prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call,
+       tier_changes::text AS tier_changes, days::text AS days, postings, last_charge_id
+  FROM talkmeter.current_charges
+ WHERE client_id = $1;
+
+-- name: stored_usage_days
+SELECT contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
+  FROM talkmeter.usage_days
+ WHERE client_id = $1;
+
+-- name: stored_usage_weeks
+SELECT contract_id, week, free_days, free_ms FROM talkmeter.usage_weeks WHERE client_id = $1;
+
+-- name: stored_usage_totals
+SELECT contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
+  FROM talkmeter.usage_totals
+ WHERE client_id = $1;

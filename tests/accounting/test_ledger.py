@@ -309,18 +309,39 @@ async def test_roles_grant_what_each_needs(pool: asyncpg.Pool, conn: asyncpg.Con
     async with conn.transaction():
         await conn.execute("SET LOCAL ROLE talkmeter_accountant")
         assert len(await conn.fetch("SELECT * FROM talkmeter.conversation_charges")) == 1
-        for view in ("daily_usage", "monthly_statement", "unmatched_conversations", "line_quality"):
+        for view in (
+            "daily_usage",
+            "monthly_statement",
+            "unmatched_conversations",
+            "line_quality",
+            "weekly_usage",
+            "client_contracts",
+        ):
             await conn.fetch(f"SELECT * FROM talkmeter.{view}")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetch("SELECT * FROM talkmeter.charges")
-    async with conn.transaction():
-        await conn.execute("SET LOCAL ROLE talkmeter_writer")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("DELETE FROM talkmeter.charges")
-    async with conn.transaction():
-        await conn.execute("SET LOCAL ROLE talkmeter_writer")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("UPDATE talkmeter.contracts SET rate_per_minute = 0")
+    # Accountants append what rerate computes, but change no ledger row, fact or contract term.
+    for statement in (
+        "UPDATE talkmeter.charges SET amount = 0",
+        "DELETE FROM talkmeter.charge_days",
+        "UPDATE talkmeter.conversations SET talk_ms = 0",
+        "INSERT INTO talkmeter.conversations SELECT * FROM talkmeter.conversations",
+        "UPDATE talkmeter.contracts SET rate_per_minute = 0",
+        "DELETE FROM talkmeter.contracts",
+        "UPDATE talkmeter.clients SET name = 'x'",
+        "DELETE FROM talkmeter.client_numbers",
+    ):
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE talkmeter_accountant")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+    for statement in (
+        "DELETE FROM talkmeter.charges",
+        "UPDATE talkmeter.contracts SET rate_per_minute = 0",
+        "SELECT talkmeter.end_contract('K1', '2026-12-31')",
+    ):
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE talkmeter_writer")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
 
 
 async def test_the_writer_role_can_record(db_dsn: str, conn: asyncpg.Connection) -> None:
