@@ -121,12 +121,10 @@ async def _record(pool: asyncpg.Pool, record: FinishedConversation) -> RecordRes
     async with _retryable(), pool.acquire() as conn, conn.transaction():
         if not await store.insert_conversation(conn, record):
             return RecordResult(record.conversation_id, "duplicate")
-        client_id, status = await store.resolve(conn, record.conversation_id)
+        client_id, status = await store.attribute(conn, record.conversation_id)
         if client_id is None:
-            await store.set_attribution(conn, record.conversation_id, None, status)
             return RecordResult(record.conversation_id, cast(RecordStatus, status))
         await store.lock_client(conn, client_id)
-        await store.set_attribution(conn, record.conversation_id, client_id, status)
         return await _rate_new(conn, client_id, record.talk)
 
 

@@ -30,6 +30,7 @@ _ZONE_MARGIN = timedelta(days=1)
 
 async def insert_conversation(conn: asyncpg.Connection, conversation: FinishedConversation) -> bool:
     """Store the conversation and its segments; False when it was already stored."""
+    intervals = conversation.intervals
     inserted = await conn.fetchval(
         QUERIES["insert_conversation"],
         conversation.conversation_id,
@@ -46,31 +47,19 @@ async def insert_conversation(conn: asyncpg.Connection, conversation: FinishedCo
         conversation.talk.talk_ms,
         conversation.talk.hold_ms,
         conversation.estimated,
-    )
-    if inserted is None:
-        return False
-    intervals = conversation.intervals
-    await conn.execute(
-        QUERIES["insert_segments"],
-        conversation.conversation_id,
         list(range(len(intervals))),
         [interval.consultant for interval in intervals],
         [from_ms(interval.start_ms) for interval in intervals],
         [from_ms(interval.end_ms) for interval in intervals],
         [interval.hold for interval in intervals],
     )
-    return True
+    return inserted is not None
 
 
-async def resolve(conn: asyncpg.Connection, conversation_id: str) -> tuple[str | None, str]:
-    row = await conn.fetchrow(QUERIES["resolve_conversation"], conversation_id)
+async def attribute(conn: asyncpg.Connection, conversation_id: str) -> tuple[str | None, str]:
+    """Give the conversation the client it resolves to (or none); returns it and the status."""
+    row = await conn.fetchrow(QUERIES["attribute_conversation"], conversation_id)
     return row["client_id"], row["status"]
-
-
-async def set_attribution(
-    conn: asyncpg.Connection, conversation_id: str, client_id: str | None, status: str
-) -> None:
-    await conn.execute(QUERIES["set_attribution"], conversation_id, client_id, status)
 
 
 async def lock_client(conn: asyncpg.Connection, client_id: str) -> None:
@@ -152,20 +141,21 @@ async def load_talks(
 ) -> ClientTalks:
     """The client's conversations started in [since, until)."""
     rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until)
-    segments = await conn.fetch(QUERIES["client_segments"], client_id, since, until)
-    intervals: dict[str, list[Interval]] = defaultdict(list)
-    for segment in segments:
-        intervals[segment["conversation_id"]].append(
-            Interval(
-                to_ms(segment["start_at"]), to_ms(segment["end_at"]), segment["hold"], segment["consultant"]
-            )
-        )
     talks = [
         Talk(
             row["conversation_id"],
             to_ms(row["started_at"]),
             row["line"],
-            tuple(intervals[row["conversation_id"]]),
+            tuple(
+                Interval(to_ms(start), to_ms(end), hold, consultant)
+                for start, end, hold, consultant in zip(
+                    row["starts"] or (),
+                    row["ends"] or (),
+                    row["holds"] or (),
+                    row["consultants"] or (),
+                    strict=True,
+                )
+            ),
         )
         for row in rows
     ]
@@ -179,11 +169,8 @@ async def load_talks(
 async def frontier(conn: asyncpg.Connection, client_id: str, start: datetime) -> datetime:
     """The earliest moment from which re-rating is exact: no conversation of the client that
     started before it was still going on at it (conversations overlapping are pulled in)."""
-    while True:
-        earliest = await conn.fetchval(QUERIES["earliest_start_still_talking"], client_id, start)
-        if earliest is None or earliest >= start:
-            return start
-        start = earliest
+    result: datetime = await conn.fetchval(QUERIES["frontier"], client_id, start)
+    return result
 
 
 async def next_start(conn: asyncpg.Connection, client_id: str, at: datetime) -> datetime | None:
@@ -256,14 +243,13 @@ async def load_usage(
     conn: asyncpg.Connection, client_id: str, contract_ids: Sequence[str], from_day: date
 ) -> tuple[dict[DayKey, Usage], dict[str, Usage]]:
     """The running state of the contracts: their days from `from_day` on, and their totals."""
-    ids = list(contract_ids)
-    days = {
-        (row["contract_id"], row["day"]): _usage(row)
-        for row in await conn.fetch(QUERIES["usage_days"], client_id, ids, from_day)
-    }
-    totals = {
-        row["contract_id"]: _usage(row) for row in await conn.fetch(QUERIES["usage_totals"], client_id, ids)
-    }
+    days: dict[DayKey, Usage] = {}
+    totals: dict[str, Usage] = {}
+    for row in await conn.fetch(QUERIES["usage"], client_id, list(contract_ids), from_day):
+        if row["day"] is None:
+            totals[row["contract_id"]] = _usage(row)
+        else:
+            days[(row["contract_id"], row["day"])] = _usage(row)
     return days, totals
 
 
@@ -284,38 +270,26 @@ async def post(conn: asyncpg.Connection, client_id: str, postings: list[Posting]
     if not postings:
         return
     values = [posting.value for posting in postings]
-    rows = await conn.fetch(
-        QUERIES["insert_charges"],
+    currents = [posting.current for posting in postings]
+    days = [
+        (posting.conversation_id, posting.contract_id, day, counts)
+        for posting in postings
+        for day, counts in sorted(posting.value.days.items())
+    ]
+    await conn.execute(
+        QUERIES["post"],
         client_id,
         reason,
         [posting.conversation_id for posting in postings],
         [posting.contract_id for posting in postings],
         [posting.kind for posting in postings],
         *_columns(values),
-    )
-    charge_ids = {(row["conversation_id"], row["contract_id"]): row["charge_id"] for row in rows}
-    ids = [charge_ids[(posting.conversation_id, posting.contract_id)] for posting in postings]
-    days = [
-        (charge_id, day, counts)
-        for charge_id, value in zip(ids, values, strict=True)
-        for day, counts in sorted(value.days.items())
-    ]
-    await conn.execute(
-        QUERIES["insert_charge_days"],
-        client_id,
-        [charge_id for charge_id, _, _ in days],
-        [day for _, day, _ in days],
-        *([counts[column] for _, _, counts in days] for column in range(4)),
-    )
-    currents = [posting.current for posting in postings]
-    await conn.execute(
-        QUERIES["save_current_charges"],
-        client_id,
-        [posting.conversation_id for posting in postings],
-        [posting.contract_id for posting in postings],
+        [conversation_id for conversation_id, _, _, _ in days],
+        [contract_id for _, contract_id, _, _ in days],
+        [day for _, _, day, _ in days],
+        *([counts[column] for _, _, _, counts in days] for column in range(4)),
         *_columns(currents),
         [_days_json(value) for value in currents],
-        ids,
     )
 
 
@@ -344,30 +318,22 @@ def _days_json(value: LedgerState) -> str:
 
 async def add_usage(conn: asyncpg.Connection, client_id: str, changes: Running) -> None:
     """Add the running-state changes (see `usage.plan_usage`)."""
-    if changes.days:
-        keys = sorted(changes.days)
-        await conn.execute(
-            QUERIES["add_usage_days"],
-            client_id,
-            [contract_id for contract_id, _ in keys],
-            [day for _, day in keys],
-            *_usage_columns([changes.days[key] for key in keys]),
-        )
-    if changes.weeks:
-        keys = sorted(changes.weeks)
-        await conn.execute(
-            QUERIES["add_usage_weeks"],
-            client_id,
-            [contract_id for contract_id, _ in keys],
-            [week for _, week in keys],
-            [changes.weeks[key].free_days for key in keys],
-            [changes.weeks[key].free_ms for key in keys],
-        )
-    if changes.totals:
-        ids = sorted(changes.totals)
-        await conn.execute(
-            QUERIES["add_usage_totals"], client_id, ids, *_usage_columns([changes.totals[i] for i in ids])
-        )
+    if not (changes.days or changes.weeks or changes.totals):
+        return
+    days, weeks, totals = sorted(changes.days), sorted(changes.weeks), sorted(changes.totals)
+    await conn.execute(
+        QUERIES["add_usage"],
+        client_id,
+        [contract_id for contract_id, _ in days],
+        [day for _, day in days],
+        *_usage_columns([changes.days[key] for key in days]),
+        [contract_id for contract_id, _ in weeks],
+        [week for _, week in weeks],
+        [changes.weeks[key].free_days for key in weeks],
+        [changes.weeks[key].free_ms for key in weeks],
+        totals,
+        *_usage_columns([changes.totals[key] for key in totals]),
+    )
 
 
 def _usage_columns(usages: list[Usage]) -> list[list[int] | list[Decimal]]:

@@ -169,36 +169,36 @@ CREATE TRIGGER conversation_assignments_rerate AFTER INSERT OR UPDATE OR DELETE
 CREATE FUNCTION talkmeter.end_contract(contract text, last_day date) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found talkmeter.contracts;
+    existing talkmeter.contracts;
 BEGIN
-    SELECT * INTO found FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
+    SELECT * INTO existing FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no contract %', quote_literal(contract);
     END IF;
-    IF last_day < found.valid_from THEN
+    IF last_day < existing.valid_from THEN
         RAISE EXCEPTION 'contract % starts on %: it cannot end before it starts (a contract never used can be withdrawn)',
-            quote_literal(contract), found.valid_from;
+            quote_literal(contract), existing.valid_from;
     END IF;
     UPDATE talkmeter.contracts SET valid_to = last_day, updated_at = now() WHERE contract_id = contract;
-    RETURN found.client_id;
+    RETURN existing.client_id;
 END
 $$;
 
 CREATE FUNCTION talkmeter.withdraw_contract(contract text) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found talkmeter.contracts;
+    existing talkmeter.contracts;
 BEGIN
-    SELECT * INTO found FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
+    SELECT * INTO existing FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no contract %', quote_literal(contract);
     END IF;
-    IF EXISTS (SELECT 1 FROM talkmeter.charges WHERE client_id = found.client_id AND contract_id = contract) THEN
+    IF EXISTS (SELECT 1 FROM talkmeter.charges WHERE client_id = existing.client_id AND contract_id = contract) THEN
         RAISE EXCEPTION 'contract % has charged conversations, so it stays in the ledger: end it instead (talkmeter contract end)',
             quote_literal(contract);
     END IF;
     DELETE FROM talkmeter.contracts WHERE contract_id = contract;
-    RETURN found.client_id;
+    RETURN existing.client_id;
 END
 $$;
 REVOKE ALL ON FUNCTION talkmeter.end_contract(text, date), talkmeter.withdraw_contract(text) FROM PUBLIC;

@@ -44,27 +44,30 @@ SELECT pg_advisory_unlock($1);
 -- ===== recording conversations =====
 
 -- name: insert_conversation
-INSERT INTO talkmeter.conversations (
-    conversation_id, pbx, direction, client_number, client_number_raw, line, consultants,
-    started_at, answered_at, ended_at, wait_ms, talk_ms, hold_ms, estimated, match_status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'unknown')
-ON CONFLICT (conversation_id) DO NOTHING
-RETURNING conversation_id;
+-- The conversation and its segments in one statement; no row when it was stored already.
+WITH conversation AS (
+    INSERT INTO talkmeter.conversations (
+        conversation_id, pbx, direction, client_number, client_number_raw, line, consultants,
+        started_at, answered_at, ended_at, wait_ms, talk_ms, hold_ms, estimated, match_status)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'unknown')
+    ON CONFLICT (conversation_id) DO NOTHING
+    RETURNING conversation_id
+), segments AS (
+    INSERT INTO talkmeter.conversation_segments (conversation_id, position, consultant, start_at, end_at, hold)
+    SELECT c.conversation_id, s.position, s.consultant, s.start_at, s.end_at, s.hold
+      FROM conversation c,
+           unnest($15::integer[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::boolean[])
+           AS s(position, consultant, start_at, end_at, hold)
+)
+SELECT conversation_id FROM conversation;
 
--- name: insert_segments
-INSERT INTO talkmeter.conversation_segments (conversation_id, position, consultant, start_at, end_at, hold)
-SELECT $1, s.position, s.consultant, s.start_at, s.end_at, s.hold
-  FROM unnest($2::integer[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::boolean[])
-       AS s(position, consultant, start_at, end_at, hold);
-
--- name: resolve_conversation
-SELECT r.client_id, r.status
-  FROM talkmeter.conversations c
- CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
- WHERE c.conversation_id = $1;
-
--- name: set_attribution
-UPDATE talkmeter.conversations SET client_id = $2, match_status = $3 WHERE conversation_id = $1;
+-- name: attribute_conversation
+-- Gives the conversation the client it resolves to now (or none, with the reason).
+UPDATE talkmeter.conversations c
+   SET client_id = r.client_id, match_status = r.status
+  FROM talkmeter.resolve($1, (SELECT client_number FROM talkmeter.conversations WHERE conversation_id = $1)) r
+ WHERE c.conversation_id = $1
+RETURNING r.client_id, r.status;
 
 -- name: lock_client
 -- Serialises everyone who rates this client's conversations (two daemons, rerate): the
@@ -83,32 +86,40 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
  ORDER BY contract_id;
 
 -- name: client_conversations
--- The client's conversations that started in [$2, $3) with their resolution status; NULL
--- bounds are open.
-SELECT c.conversation_id, c.started_at, c.ended_at, c.line, r.status
+-- The client's conversations that started in [$2, $3) with their resolution status and their
+-- segments (as arrays in order); NULL bounds are open.
+SELECT c.conversation_id, c.started_at, c.ended_at, c.line, r.status,
+       s.starts, s.ends, s.holds, s.consultants
   FROM talkmeter.conversations c
  CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
+ CROSS JOIN LATERAL (
+        SELECT array_agg(g.start_at ORDER BY g.position) AS starts,
+               array_agg(g.end_at ORDER BY g.position) AS ends,
+               array_agg(g.hold ORDER BY g.position) AS holds,
+               array_agg(g.consultant ORDER BY g.position) AS consultants
+          FROM talkmeter.conversation_segments g
+         WHERE g.conversation_id = c.conversation_id) s
  WHERE c.client_id = $1
    AND c.started_at >= COALESCE($2::timestamptz, '-infinity')
    AND c.started_at < COALESCE($3::timestamptz, 'infinity');
 
--- name: client_segments
-SELECT s.conversation_id, s.start_at, s.end_at, s.hold, s.consultant
-  FROM talkmeter.conversation_segments s
-  JOIN talkmeter.conversations c USING (conversation_id)
- WHERE c.client_id = $1
-   AND c.started_at >= COALESCE($2::timestamptz, '-infinity')
-   AND c.started_at < COALESCE($3::timestamptz, 'infinity')
- ORDER BY s.conversation_id, s.position;
-
--- name: earliest_start_still_talking
--- The earliest start among the client's conversations that ended at or after $2. The inner
--- query keeps the planner on the (client_id, ended_at) index, whose range is the conversations
--- ending from $2 on; min() straight over the table would walk (client_id, started_at) from the
--- client's oldest conversation instead.
-SELECT min(started_at)
-  FROM (SELECT started_at FROM talkmeter.conversations
-         WHERE client_id = $1 AND ended_at >= $2 OFFSET 0) still_talking;
+-- name: frontier
+-- $2 pulled back to the start of any conversation of the client still talking at it (ended at
+-- or after it), repeatedly while they overlap. Each step reads the (client_id, ended_at) index
+-- from the moment on: the inner query keeps the planner there (min() straight over the table
+-- would walk (client_id, started_at) from the client's oldest conversation instead).
+WITH RECURSIVE pulled(at) AS (
+    SELECT $2::timestamptz
+  UNION ALL
+    SELECT step.earliest
+      FROM pulled
+     CROSS JOIN LATERAL (
+            SELECT min(still.started_at) AS earliest
+              FROM (SELECT started_at FROM talkmeter.conversations
+                     WHERE client_id = $1 AND ended_at >= pulled.at OFFSET 0) still) step
+     WHERE step.earliest < pulled.at
+)
+SELECT min(at) FROM pulled;
 
 -- name: next_start
 -- The first start at or after $2 among the client's conversations and ledger keys (a key's
@@ -135,56 +146,59 @@ SELECT conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded
    AND started_at >= $3
    AND started_at < COALESCE($4::timestamptz, 'infinity');
 
--- name: usage_days
--- The running state of contracts $2 from day $3 on.
+-- name: usage
+-- The running state of contracts $2: their days from $3 on, and their totals (day NULL).
 SELECT contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
   FROM talkmeter.usage_days
- WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day >= $3;
-
--- name: usage_totals
-SELECT contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
+ WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day >= $3
+UNION ALL
+SELECT contract_id, NULL, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
   FROM talkmeter.usage_totals
  WHERE client_id = $1 AND contract_id = ANY($2::text[]);
 
--- name: insert_charges
--- Ledger rows of one client, in the order given (a key gets at most one row per call).
-INSERT INTO talkmeter.charges (
-    conversation_id, contract_id, client_id, kind, reason, day, talk_ms, hold_ms, excluded_ms,
-    free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call,
-    tier_changes)
-SELECT r.conversation_id, r.contract_id, $1, r.kind, $2, r.day, r.talk_ms, r.hold_ms, r.excluded_ms,
-       r.free_ms, r.prepaid_ms, r.paid_ms, r.billable_seconds, r.amount, r.currency, r.over_quota,
-       r.short_call, r.tier_changes::jsonb
-  FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::bigint[], $8::bigint[], $9::bigint[],
-              $10::bigint[], $11::bigint[], $12::bigint[], $13::integer[], $14::numeric[], $15::text[],
-              $16::boolean[], $17::boolean[], $18::text[])
-       WITH ORDINALITY AS r(conversation_id, contract_id, kind, day, talk_ms, hold_ms, excluded_ms,
-                            free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency,
-                            over_quota, short_call, tier_changes, position)
- ORDER BY r.position
-RETURNING charge_id, conversation_id, contract_id;
-
--- name: insert_charge_days
-INSERT INTO talkmeter.charge_days (charge_id, client_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
-SELECT d.charge_id, $1, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
-  FROM unnest($2::bigint[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-       AS d(charge_id, day, talk_ms, free_ms, prepaid_ms, paid_ms);
-
--- name: save_current_charges
--- The keys' values after the ledger rows just appended (charge_id: the latest row of each).
+-- name: post
+-- Appends one client's ledger rows ($3-$18, in that order: a key gets at most one row per call),
+-- their per-day rows ($19-$25) and saves the keys' values after them ($26-$40), in one statement.
+WITH posting AS (
+    SELECT *
+      FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::bigint[], $8::bigint[], $9::bigint[],
+                  $10::bigint[], $11::bigint[], $12::bigint[], $13::integer[], $14::numeric[], $15::text[],
+                  $16::boolean[], $17::boolean[], $18::text[])
+           WITH ORDINALITY AS r(conversation_id, contract_id, kind, day, talk_ms, hold_ms, excluded_ms,
+                                free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency,
+                                over_quota, short_call, tier_changes, position)
+), posted AS (
+    INSERT INTO talkmeter.charges (
+        conversation_id, contract_id, client_id, kind, reason, day, talk_ms, hold_ms, excluded_ms,
+        free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call,
+        tier_changes)
+    SELECT r.conversation_id, r.contract_id, $1, r.kind, $2, r.day, r.talk_ms, r.hold_ms, r.excluded_ms,
+           r.free_ms, r.prepaid_ms, r.paid_ms, r.billable_seconds, r.amount, r.currency, r.over_quota,
+           r.short_call, r.tier_changes::jsonb
+      FROM posting r
+     ORDER BY r.position
+    RETURNING charge_id, conversation_id, contract_id
+), days AS (
+    INSERT INTO talkmeter.charge_days (charge_id, client_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
+    SELECT p.charge_id, $1, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
+      FROM unnest($19::text[], $20::text[], $21::date[], $22::bigint[], $23::bigint[], $24::bigint[],
+                  $25::bigint[])
+           AS d(conversation_id, contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
+      JOIN posted p USING (conversation_id, contract_id)
+)
 INSERT INTO talkmeter.current_charges AS cur (
     client_id, conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
     prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes,
     days, postings, last_charge_id)
-SELECT $1, r.conversation_id, r.contract_id, cv.started_at, r.day, r.talk_ms, r.hold_ms, r.excluded_ms,
-       r.free_ms, r.prepaid_ms, r.paid_ms, r.billable_seconds, r.amount, r.currency, r.over_quota,
-       r.short_call, r.tier_changes::jsonb, r.days::jsonb, 1, r.charge_id
-  FROM unnest($2::text[], $3::text[], $4::date[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
-              $9::bigint[], $10::bigint[], $11::bigint[], $12::numeric[], $13::text[], $14::boolean[],
-              $15::boolean[], $16::text[], $17::text[], $18::bigint[])
-       AS r(conversation_id, contract_id, day, talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms,
-            paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes, days,
-            charge_id)
+SELECT $1, c.conversation_id, c.contract_id, cv.started_at, c.day, c.talk_ms, c.hold_ms, c.excluded_ms,
+       c.free_ms, c.prepaid_ms, c.paid_ms, c.billable_seconds, c.amount, c.currency, c.over_quota,
+       c.short_call, c.tier_changes::jsonb, c.days::jsonb, 1, p.charge_id
+  FROM unnest($3::text[], $4::text[], $26::date[], $27::bigint[], $28::bigint[], $29::bigint[],
+              $30::bigint[], $31::bigint[], $32::bigint[], $33::bigint[], $34::numeric[], $35::text[],
+              $36::boolean[], $37::boolean[], $38::text[], $39::text[])
+       AS c(conversation_id, contract_id, day, talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms,
+            paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes, days)
+  JOIN posted p USING (conversation_id, contract_id)
   JOIN talkmeter.conversations cv USING (conversation_id)
 ON CONFLICT (client_id, conversation_id, contract_id) DO UPDATE
    SET day = EXCLUDED.day, talk_ms = EXCLUDED.talk_ms, hold_ms = EXCLUDED.hold_ms,
@@ -195,36 +209,36 @@ ON CONFLICT (client_id, conversation_id, contract_id) DO UPDATE
        short_call = EXCLUDED.short_call, tier_changes = EXCLUDED.tier_changes, days = EXCLUDED.days,
        postings = cur.postings + 1, last_charge_id = EXCLUDED.last_charge_id;
 
--- name: add_usage_days
-INSERT INTO talkmeter.usage_days AS u (
-    client_id, contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations,
-    billable_seconds, amount)
-SELECT $1, r.contract_id, r.day, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
-       r.billable_seconds, r.amount
-  FROM unnest($2::text[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-              $8::bigint[], $9::bigint[], $10::numeric[])
-       AS r(contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
-ON CONFLICT (client_id, contract_id, day) DO UPDATE
-   SET talk_ms = u.talk_ms + EXCLUDED.talk_ms, free_ms = u.free_ms + EXCLUDED.free_ms,
-       prepaid_ms = u.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = u.paid_ms + EXCLUDED.paid_ms,
-       conversations = u.conversations + EXCLUDED.conversations,
-       billable_seconds = u.billable_seconds + EXCLUDED.billable_seconds,
-       amount = u.amount + EXCLUDED.amount;
-
--- name: add_usage_weeks
-INSERT INTO talkmeter.usage_weeks AS w (client_id, contract_id, week, free_days, free_ms)
-SELECT $1, r.contract_id, r.week, r.free_days, r.free_ms
-  FROM unnest($2::text[], $3::date[], $4::integer[], $5::bigint[]) AS r(contract_id, week, free_days, free_ms)
-ON CONFLICT (client_id, contract_id, week) DO UPDATE
-   SET free_days = w.free_days + EXCLUDED.free_days, free_ms = w.free_ms + EXCLUDED.free_ms;
-
--- name: add_usage_totals
+-- name: add_usage
+-- Adds running-state changes: days ($2-$10), weeks ($11-$14), contract totals ($15-$22).
+WITH days AS (
+    INSERT INTO talkmeter.usage_days AS u (
+        client_id, contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations,
+        billable_seconds, amount)
+    SELECT $1, r.contract_id, r.day, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
+           r.billable_seconds, r.amount
+      FROM unnest($2::text[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+                  $8::bigint[], $9::bigint[], $10::numeric[])
+           AS r(contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+    ON CONFLICT (client_id, contract_id, day) DO UPDATE
+       SET talk_ms = u.talk_ms + EXCLUDED.talk_ms, free_ms = u.free_ms + EXCLUDED.free_ms,
+           prepaid_ms = u.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = u.paid_ms + EXCLUDED.paid_ms,
+           conversations = u.conversations + EXCLUDED.conversations,
+           billable_seconds = u.billable_seconds + EXCLUDED.billable_seconds,
+           amount = u.amount + EXCLUDED.amount
+), weeks AS (
+    INSERT INTO talkmeter.usage_weeks AS w (client_id, contract_id, week, free_days, free_ms)
+    SELECT $1, r.contract_id, r.week, r.free_days, r.free_ms
+      FROM unnest($11::text[], $12::date[], $13::integer[], $14::bigint[]) AS r(contract_id, week, free_days, free_ms)
+    ON CONFLICT (client_id, contract_id, week) DO UPDATE
+       SET free_days = w.free_days + EXCLUDED.free_days, free_ms = w.free_ms + EXCLUDED.free_ms
+)
 INSERT INTO talkmeter.usage_totals AS t (
     client_id, contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
 SELECT $1, r.contract_id, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
        r.billable_seconds, r.amount
-  FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-              $8::bigint[], $9::numeric[])
+  FROM unnest($15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[],
+              $21::bigint[], $22::numeric[])
        AS r(contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
 ON CONFLICT (client_id, contract_id) DO UPDATE
    SET talk_ms = t.talk_ms + EXCLUDED.talk_ms, free_ms = t.free_ms + EXCLUDED.free_ms,
@@ -283,18 +297,6 @@ UPDATE talkmeter.conversations c
 SELECT talkmeter.queue_rerate(client_id, '-infinity')
   FROM talkmeter.clients
  WHERE $1::text IS NULL OR client_id = $1;
-
--- name: misattributed_clients
--- `rerate --full`: the clients that have conversations their resolution no longer gives them,
--- or would gain unattributed ones (a scan of all conversations).
-SELECT DISTINCT client_id FROM (
-    SELECT c.client_id FROM talkmeter.conversations c
-     CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
-     WHERE c.client_id IS NOT NULL AND r.client_id IS DISTINCT FROM c.client_id
-    UNION ALL
-    SELECT r.client_id FROM talkmeter.conversations c
-     CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
-     WHERE c.client_id IS NULL AND r.client_id IS NOT NULL) moved;
 
 -- name: refresh_unattributed_statuses
 UPDATE talkmeter.conversations c
