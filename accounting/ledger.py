@@ -95,8 +95,8 @@ class Settlement:
     uncovered: tuple[str, ...] = ()
 
 
-WINDOW = timedelta(days=7)
-"""How much of a client's history `rerate` rates at once (more when conversations overlap longer)."""
+WINDOW = 2_000
+"""How many conversations `rerate` rates at once (more when they overlap all the way)."""
 
 
 async def record_conversation(pool: asyncpg.Pool, conversation: Mapping[str, Any]) -> RecordResult:
@@ -257,7 +257,7 @@ async def _rerate_client(conn: asyncpg.Connection, client_id: str) -> tuple[int,
     async with conn.transaction():
         await store.lock_client(conn, client_id)
         while (mark := await store.pending_rerate(conn, client_id)) is not None:
-            posted, moved = await _rerate_from(conn, client_id, mark.since)
+            posted, moved = await _rerate_from(conn, client_id, mark.since, mark.reattribute)
             postings += posted
             gaining |= moved
             if await store.finish_rerate(conn, client_id, mark.revision):
@@ -265,18 +265,21 @@ async def _rerate_client(conn: asyncpg.Connection, client_id: str) -> tuple[int,
     return postings, gaining
 
 
-async def _rerate_from(conn: asyncpg.Connection, client_id: str, since: datetime) -> tuple[int, set[str]]:
+async def _rerate_from(
+    conn: asyncpg.Connection, client_id: str, since: datetime, reattribute: bool
+) -> tuple[int, set[str]]:
     client = await store.load_client(conn, client_id)
     if client is None:
         return 0, set()
     contracts = await store.load_contracts(conn, client_id)
     gaining: dict[str, datetime] = {}
-    for owner, started in await store.release_conversations(conn, client_id, since):
-        if owner is not None:
-            gaining[owner] = min(started, gaining.get(owner, started))
-    for owner, started in gaining.items():
-        await store.queue_rerate(conn, owner, started)
-    await store.attach_conversations(conn, client_id, since)
+    if reattribute:
+        for owner, started in await store.release_conversations(conn, client_id, since):
+            if owner is not None:
+                gaining[owner] = min(started, gaining.get(owner, started))
+        for owner, started in gaining.items():
+            await store.queue_rerate(conn, owner, started, True)
+        await store.attach_conversations(conn, client_id, since)
     front = await store.frontier(conn, client_id, since)
     if front == since:  # nothing straddles `since`: start at the first conversation or key after it
         first = await store.next_start(conn, client_id, since)
@@ -297,12 +300,13 @@ async def _rerate_from(conn: asyncpg.Connection, client_id: str, since: datetime
 async def _window(
     conn: asyncpg.Connection, client_id: str, front: datetime
 ) -> tuple[store.ClientTalks, datetime | None]:
-    """The client's conversations from the frontier `front` up to the next frontier after about a
-    WINDOW (None when they reach the end)."""
-    span = WINDOW
+    """The client's conversations from the frontier `front` up to the next frontier after about
+    WINDOW of them (None when they reach the end)."""
+    count = WINDOW
     while True:
-        loaded = await store.load_talks(conn, client_id, front, front + span)
-        following = await store.next_start(conn, client_id, front + span)
+        end = await store.nth_start(conn, client_id, front, count)
+        loaded = await store.load_talks(conn, client_id, front, end)
+        following = None if end is None else await store.next_start(conn, client_id, end)
         if following is None:
             return loaded, None
         spans = [(talk.started_ms, loaded.ends_ms[talk.conversation_id]) for talk in loaded.talks]
@@ -311,7 +315,7 @@ async def _window(
             cut = from_ms(cut_ms)
             kept = [talk for talk in loaded.talks if talk.started_ms < cut_ms]
             return replace(loaded, talks=kept), cut
-        span *= 2
+        count *= 2
 
 
 def cut_point(spans: list[tuple[int, int]], following: int) -> int | None:

@@ -173,6 +173,12 @@ async def frontier(conn: asyncpg.Connection, client_id: str, start: datetime) ->
     return result
 
 
+async def nth_start(conn: asyncpg.Connection, client_id: str, at: datetime, places: int) -> datetime | None:
+    """The start of the client's conversation `places` after its first one from `at` on."""
+    result: datetime | None = await conn.fetchval(QUERIES["nth_start"], client_id, at, places)
+    return result
+
+
 async def next_start(conn: asyncpg.Connection, client_id: str, at: datetime) -> datetime | None:
     """The first start at or after `at` of the client's conversations and ledger keys."""
     result: datetime | None = await conn.fetchval(QUERIES["next_start"], client_id, at)
@@ -353,6 +359,7 @@ def _usage_columns(usages: list[Usage]) -> list[list[int] | list[Decimal]]:
 
 class Pending(NamedTuple):
     since: datetime
+    reattribute: bool
     revision: int
 
 
@@ -362,11 +369,11 @@ async def pending_clients(conn: asyncpg.Connection) -> list[str]:
 
 async def pending_rerate(conn: asyncpg.Connection, client_id: str) -> Pending | None:
     row = await conn.fetchrow(QUERIES["pending_rerate"], client_id)
-    return None if row is None else Pending(row["since"], row["revision"])
+    return None if row is None else Pending(row["since"], row["reattribute"], row["revision"])
 
 
-async def queue_rerate(conn: asyncpg.Connection, client_id: str, since: datetime) -> None:
-    await conn.execute(QUERIES["queue_rerate"], client_id, since)
+async def queue_rerate(conn: asyncpg.Connection, client_id: str, since: datetime, reattribute: bool) -> None:
+    await conn.execute(QUERIES["queue_rerate"], client_id, since, reattribute)
 
 
 async def finish_rerate(conn: asyncpg.Connection, client_id: str, revision: int) -> bool:

@@ -35,24 +35,55 @@ CREATE INDEX conversations_unmatched ON talkmeter.conversations (started_at)
     WHERE match_status IN ('withheld', 'unknown', 'ambiguous', 'no_contract') AND talk_ms > 0;
 CREATE INDEX conversation_assignments_client ON talkmeter.conversation_assignments (client_id);
 
+-- ===== The rating frontier ===================================================================
+-- The earliest moment from which re-rating a client is exact: `moment` pulled back to the start
+-- of any of its conversations still talking then (ended at or after it), repeatedly while they
+-- overlap. Each step reads the (client_id, ended_at) index from the moment on (the inner query
+-- keeps the planner there: min() straight over the table would walk (client_id, started_at)
+-- from the client's oldest conversation). A loop rather than a recursive query, so that each
+-- step is planned for its actual moment: planned for an unknown one, the estimate is a third of
+-- the client's conversations, and a big client's estimate then crosses jit_above_cost.
+CREATE FUNCTION talkmeter.frontier(client text, moment timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    earliest timestamptz;
+BEGIN
+    LOOP
+        SELECT min(still.started_at) INTO earliest
+          FROM (SELECT c.started_at FROM talkmeter.conversations c
+                 WHERE c.client_id = client AND c.ended_at >= moment OFFSET 0) still;
+        IF earliest IS NULL OR earliest >= moment THEN
+            RETURN moment;
+        END IF;
+        moment := earliest;
+    END LOOP;
+END
+$$;
+
 -- ===== What re-rating still has to do ======================================================
 -- One row per client whose ledger may no longer equal the rating of its conversations, from
 -- `since` on: written by the triggers below whenever reference data changes (a contract, a
 -- client's time zone, a number, an assignment), whoever changes it and however; read and cleared
--- by `talkmeter rerate`, which re-rates each client from there on only. `revision` grows with
--- every change, so a rerate never clears a change that arrived while it ran.
+-- by `talkmeter rerate`, which re-rates each client from there on only. `reattribute` says that
+-- numbers or assignments changed, so the client's conversations from `since` must be resolved
+-- again too. `revision` grows with every change, so a rerate never clears a change that arrived
+-- while it ran.
 CREATE TABLE talkmeter.pending_rerates (
     client_id text PRIMARY KEY REFERENCES talkmeter.clients ON DELETE CASCADE,
     since timestamptz NOT NULL,
+    reattribute boolean NOT NULL,
     revision bigint NOT NULL DEFAULT 1,
     queued_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE FUNCTION talkmeter.queue_rerate(client text, from_moment timestamptz) RETURNS void
+CREATE FUNCTION talkmeter.queue_rerate(client text, from_moment timestamptz, resolve_again boolean)
+RETURNS void
 LANGUAGE sql AS $$
-INSERT INTO talkmeter.pending_rerates AS p (client_id, since) VALUES (client, from_moment)
+INSERT INTO talkmeter.pending_rerates AS p (client_id, since, reattribute)
+VALUES (client, from_moment, resolve_again)
 ON CONFLICT (client_id) DO UPDATE
-   SET since = LEAST(p.since, EXCLUDED.since), revision = p.revision + 1, queued_at = now()
+   SET since = LEAST(p.since, EXCLUDED.since), reattribute = p.reattribute OR EXCLUDED.reattribute,
+       revision = p.revision + 1, queued_at = now()
 $$;
 
 -- The first moment of a client-local day.
@@ -68,7 +99,8 @@ CREATE FUNCTION talkmeter.contract_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM talkmeter.queue_rerate(NEW.client_id, talkmeter.local_midnight(NEW.client_id, NEW.valid_from));
+        PERFORM talkmeter.queue_rerate(NEW.client_id, talkmeter.local_midnight(NEW.client_id, NEW.valid_from),
+                                       false);
     ELSIF (OLD.client_id, OLD.valid_from, OLD.free_daily_minutes, OLD.free_days_per_week, OLD.prepaid_minutes,
            OLD.rate_per_minute, OLD.currency, OLD.billing_increment_seconds, OLD.minimum_billable_seconds,
            OLD.short_call_seconds, OLD.overage, OLD.hold_billable, OLD.lines)
@@ -77,14 +109,17 @@ BEGIN
            NEW.rate_per_minute, NEW.currency, NEW.billing_increment_seconds, NEW.minimum_billable_seconds,
            NEW.short_call_seconds, NEW.overage, NEW.hold_billable, NEW.lines) THEN
         PERFORM talkmeter.queue_rerate(OLD.client_id, talkmeter.local_midnight(OLD.client_id,
-                                                                               LEAST(OLD.valid_from, NEW.valid_from)));
+                                                                               LEAST(OLD.valid_from, NEW.valid_from)),
+                                       false);
         PERFORM talkmeter.queue_rerate(NEW.client_id, talkmeter.local_midnight(NEW.client_id,
-                                                                               LEAST(OLD.valid_from, NEW.valid_from)));
+                                                                               LEAST(OLD.valid_from, NEW.valid_from)),
+                                       false);
     ELSIF OLD.valid_to IS DISTINCT FROM NEW.valid_to THEN
         PERFORM talkmeter.queue_rerate(
             NEW.client_id,
             talkmeter.local_midnight(NEW.client_id, LEAST(COALESCE(OLD.valid_to, 'infinity'),
-                                                          COALESCE(NEW.valid_to, 'infinity')) + 1));
+                                                          COALESCE(NEW.valid_to, 'infinity')) + 1),
+            false);
     END IF;
     RETURN NULL;
 END
@@ -97,7 +132,7 @@ CREATE FUNCTION talkmeter.client_zone_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.timezone IS DISTINCT FROM NEW.timezone THEN
-        PERFORM talkmeter.queue_rerate(NEW.client_id, '-infinity');
+        PERFORM talkmeter.queue_rerate(NEW.client_id, '-infinity', false);
     END IF;
     RETURN NULL;
 END
@@ -113,7 +148,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     changed text := CASE WHEN TG_OP = 'DELETE' THEN OLD.number ELSE NEW.number END;
 BEGIN
-    PERFORM talkmeter.queue_rerate(affected.client_id, affected.since)
+    PERFORM talkmeter.queue_rerate(affected.client_id, affected.since, true)
        FROM (SELECT c.client_id, min(c.started_at) AS since
                FROM talkmeter.conversations c
               WHERE c.client_number = changed AND c.client_id IS NOT NULL
@@ -143,7 +178,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     changed text := CASE WHEN TG_OP = 'DELETE' THEN OLD.conversation_id ELSE NEW.conversation_id END;
 BEGIN
-    PERFORM talkmeter.queue_rerate(affected.client_id, affected.started_at)
+    PERFORM talkmeter.queue_rerate(affected.client_id, affected.started_at, true)
        FROM (SELECT c.client_id, c.started_at FROM talkmeter.conversations c
               WHERE c.conversation_id = changed AND c.client_id IS NOT NULL
              UNION ALL

@@ -104,22 +104,16 @@ SELECT c.conversation_id, c.started_at, c.ended_at, c.line, r.status,
    AND c.started_at < COALESCE($3::timestamptz, 'infinity');
 
 -- name: frontier
--- $2 pulled back to the start of any conversation of the client still talking at it (ended at
--- or after it), repeatedly while they overlap. Each step reads the (client_id, ended_at) index
--- from the moment on: the inner query keeps the planner there (min() straight over the table
--- would walk (client_id, started_at) from the client's oldest conversation instead).
-WITH RECURSIVE pulled(at) AS (
-    SELECT $2::timestamptz
-  UNION ALL
-    SELECT step.earliest
-      FROM pulled
-     CROSS JOIN LATERAL (
-            SELECT min(still.started_at) AS earliest
-              FROM (SELECT started_at FROM talkmeter.conversations
-                     WHERE client_id = $1 AND ended_at >= pulled.at OFFSET 0) still) step
-     WHERE step.earliest < pulled.at
-)
-SELECT min(at) FROM pulled;
+-- See talkmeter.frontier (migrations/0004).
+SELECT talkmeter.frontier($1, $2);
+
+-- name: nth_start
+-- The start of the client's conversation $3 places after the first one at or after $2 (none when
+-- there are fewer): where a window of about $3 conversations ends.
+SELECT started_at FROM talkmeter.conversations
+ WHERE client_id = $1 AND started_at >= $2
+ ORDER BY started_at
+OFFSET $3 LIMIT 1;
 
 -- name: next_start
 -- The first start at or after $2 among the client's conversations and ledger keys (a key's
@@ -253,12 +247,13 @@ ON CONFLICT (client_id, contract_id) DO UPDATE
 SELECT client_id FROM talkmeter.pending_rerates ORDER BY client_id;
 
 -- name: pending_rerate
--- '-infinity' (a new time zone: everything) comes back as the first representable moment.
-SELECT GREATEST(since, '0001-01-01 00:00:00+00') AS since, revision
+-- '-infinity' (a new time zone: everything) comes back as 1900, before any conversation (asyncpg
+-- turns the infinities into naive datetimes).
+SELECT GREATEST(since, '1900-01-01 00:00:00+00') AS since, reattribute, revision
   FROM talkmeter.pending_rerates WHERE client_id = $1;
 
 -- name: queue_rerate
-SELECT talkmeter.queue_rerate($1, $2);
+SELECT talkmeter.queue_rerate($1, $2, $3);
 
 -- name: finish_rerate
 -- Clears the client's mark unless a change arrived since it was read.
@@ -294,7 +289,7 @@ UPDATE talkmeter.conversations c
 
 -- name: queue_every_client
 -- `rerate --full`: every client ($1 NULL) or one from its first conversation.
-SELECT talkmeter.queue_rerate(client_id, '-infinity')
+SELECT talkmeter.queue_rerate(client_id, '-infinity', true)
   FROM talkmeter.clients
  WHERE $1::text IS NULL OR client_id = $1;
 
