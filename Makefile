@@ -18,10 +18,13 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# Throughput and memory figures of the AMI pipeline, then what faults cost (prints, asserts nothing).
+# Throughput and memory figures of the AMI pipeline, then what faults cost, then the ledger's
+# recording latency, views and rerate on a database of 1M conversations it builds and drops
+# (prints, asserts nothing; `benchmarks/ledger.py --conversations 10000000` for the large run).
 bench: install
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/faults.py
+	$(PY) benchmarks/ledger.py
 
 # The package to install where there is no clone: dist/talkmeter-<version>-py3-none-any.whl.
 wheel: install
