@@ -52,7 +52,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -331,6 +331,36 @@ def cut_point(spans: list[tuple[int, int]], following: int) -> int | None:
     if latest_end is None or following > latest_end:
         cut = following
     return cut
+
+
+class ContractRefused(Exception):
+    """A contract cannot be ended or withdrawn as asked; the message says why and what to do."""
+
+
+async def end_contract(pool: asyncpg.Pool, contract_id: str, last_day: date) -> tuple[str, RerateSummary]:
+    """Let the contract end on `last_day` (client-local, inclusive), then re-rate its client from
+    the first day that changed. Returns the client and what the rerate posted."""
+    async with _retryable(), pool.acquire() as conn:
+        try:
+            client_id: str = await conn.fetchval(QUERIES["end_contract"], contract_id, last_day)
+        except asyncpg.NoDataFoundError as error:
+            raise LookupError(error.args[0]) from error
+        except asyncpg.CheckViolationError as error:
+            raise ContractRefused(error.args[0]) from error
+    return client_id, await rerate(pool, client_id)
+
+
+async def withdraw_contract(pool: asyncpg.Pool, contract_id: str) -> str:
+    """Remove a contract no conversation was ever charged under (imported by mistake); returns its
+    client. A contract in the ledger stays: end it instead."""
+    async with _retryable(), pool.acquire() as conn:
+        try:
+            client_id: str = await conn.fetchval(QUERIES["withdraw_contract"], contract_id)
+        except asyncpg.NoDataFoundError as error:
+            raise LookupError(error.args[0]) from error
+        except asyncpg.CheckViolationError as error:
+            raise ContractRefused(error.args[0]) from error
+    return client_id
 
 
 async def assign_conversation(

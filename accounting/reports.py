@@ -1,4 +1,10 @@
-"""The monthly statement, read from `talkmeter.monthly_statement` and printed as a table or CSV."""
+"""The monthly statement, read from `talkmeter.monthly_statement` and printed as a table or CSV.
+
+Two CSV forms: `format_csv` for programs (comma-separated, decimal point, no BOM) and
+`format_spreadsheet` for people who open it in Excel or import it into 1C as Russian locales
+expect: UTF-8 with a byte-order mark (so Cyrillic names are read as UTF-8), `;` between fields,
+decimal commas, CRLF line ends.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 class StatementLine:
     client_id: str
     client_name: str
+    contracts: str
+    """The contracts used in the month, comma-separated."""
     month: date
     conversations: int
     talk_seconds: Decimal
@@ -56,7 +64,36 @@ def format_csv(lines: Sequence[StatementLine]) -> str:
     return out.getvalue()
 
 
-_TABLE_HEADER = ("client", "name", "calls", "talk", "free", "prepaid", "billable", "amount", "prepaid left")
+def format_spreadsheet(lines: Sequence[StatementLine]) -> bytes:
+    """The statement as Russian Excel and 1C open it directly (see the module comment)."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
+    writer.writerow([field.name for field in fields(StatementLine)])
+    for line in lines:
+        writer.writerow([_spreadsheet_cell(value) for value in astuple(line)])
+    return out.getvalue().encode("utf-8-sig")
+
+
+def _spreadsheet_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return str(value).replace(".", ",")
+    return str(value)
+
+
+_TABLE_HEADER = (
+    "client",
+    "name",
+    "contracts",
+    "calls",
+    "talk",
+    "free",
+    "prepaid",
+    "billable",
+    "amount",
+    "prepaid left",
+)
 
 
 def format_table(lines: Sequence[StatementLine]) -> str:
@@ -67,6 +104,7 @@ def format_table(lines: Sequence[StatementLine]) -> str:
         (
             line.client_id,
             line.client_name,
+            line.contracts,
             str(line.conversations),
             duration(line.talk_seconds),
             duration(line.free_seconds),
@@ -77,7 +115,7 @@ def format_table(lines: Sequence[StatementLine]) -> str:
         )
         for line in lines
     ]
-    return fixed_width(_TABLE_HEADER, body, text_columns={0, 1})
+    return fixed_width(_TABLE_HEADER, body, text_columns={0, 1, 2})
 
 
 def fixed_width(header: Sequence[str], body: Sequence[Sequence[str]], text_columns: set[int]) -> str:

@@ -208,11 +208,11 @@ DECLARE
 BEGIN
     SELECT * INTO existing FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no contract %', quote_literal(contract);
+        RAISE EXCEPTION 'no contract %', quote_literal(contract) USING ERRCODE = 'no_data_found';
     END IF;
     IF last_day < existing.valid_from THEN
         RAISE EXCEPTION 'contract % starts on %: it cannot end before it starts (a contract never used can be withdrawn)',
-            quote_literal(contract), existing.valid_from;
+            quote_literal(contract), existing.valid_from USING ERRCODE = 'check_violation';
     END IF;
     UPDATE talkmeter.contracts SET valid_to = last_day, updated_at = now() WHERE contract_id = contract;
     RETURN existing.client_id;
@@ -226,11 +226,11 @@ DECLARE
 BEGIN
     SELECT * INTO existing FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no contract %', quote_literal(contract);
+        RAISE EXCEPTION 'no contract %', quote_literal(contract) USING ERRCODE = 'no_data_found';
     END IF;
     IF EXISTS (SELECT 1 FROM talkmeter.charges WHERE client_id = existing.client_id AND contract_id = contract) THEN
         RAISE EXCEPTION 'contract % has charged conversations, so it stays in the ledger: end it instead (talkmeter contract end)',
-            quote_literal(contract);
+            quote_literal(contract) USING ERRCODE = 'check_violation';
     END IF;
     DELETE FROM talkmeter.contracts WHERE contract_id = contract;
     RETURN existing.client_id;

@@ -302,6 +302,12 @@ UPDATE talkmeter.conversations c
    AND u.client_id IS NULL
    AND c.match_status IS DISTINCT FROM r.status;
 
+-- name: end_contract
+SELECT talkmeter.end_contract($1, $2);
+
+-- name: withdraw_contract
+SELECT talkmeter.withdraw_contract($1);
+
 -- name: all_clients
 SELECT client_id FROM talkmeter.clients ORDER BY client_id;
 
@@ -371,14 +377,13 @@ ON CONFLICT (contract_id) DO UPDATE
 -- ===== reports =====
 
 -- name: monthly_statement
-SELECT ms.client_id, cl.name AS client_name, ms.month, ms.conversations, ms.talk_seconds,
-       ms.free_seconds, ms.prepaid_seconds, ms.billable_seconds, ms.amount, ms.currency,
-       ms.prepaid_remaining_seconds
-  FROM talkmeter.monthly_statement ms
-  JOIN talkmeter.clients cl USING (client_id)
- WHERE ms.month = $1
-   AND ($2::text IS NULL OR ms.client_id = $2)
- ORDER BY ms.client_id;
+-- From the view alone (it names the client and the contracts).
+SELECT client_id, client_name, contracts, month, conversations, talk_seconds, free_seconds,
+       prepaid_seconds, billable_seconds, amount, currency, prepaid_remaining_seconds
+  FROM talkmeter.monthly_statement
+ WHERE month = $1
+   AND ($2::text IS NULL OR client_id = $2)
+ ORDER BY client_id;
 
 -- ===== checking the running state against the ledger =====
 

@@ -103,6 +103,8 @@ def test_month_end_from_the_command_line(
     contracts.write_text(CONTRACTS.replace("2.00,RUB", "1.00,RUB"))
     assert run(capsys, "import", "contracts", str(contracts))[0] == 0
     assert run(capsys, "rerate")[1] == "re-rated 1 client(s), posted 1 ledger row(s)\n"
+    assert run(capsys, "rerate")[1] == "re-rated 0 client(s), posted 0 ledger row(s)\n"
+    assert run(capsys, "rerate", "--full")[1] == "re-rated 1 client(s), posted 0 ledger row(s)\n"
     total = asyncio.run(query(database, "SELECT sum(amount) AS s FROM talkmeter.conversation_charges"))
     assert total[0]["s"] == Decimal("2.00")
 
@@ -211,7 +213,7 @@ def login_in(role: str, database: str) -> tuple[str, str]:
     return name, urlunsplit(parts._replace(netloc=f"{name}:pw@{parts.netloc.rpartition('@')[2]}"))
 
 
-def test_the_readme_privileges_the_writer_records_and_reports_the_accountant_does_not(
+def test_the_readme_privileges_the_writer_records_and_both_report(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run(capsys, "migrate")
@@ -223,8 +225,9 @@ def test_the_readme_privileges_the_writer_records_and_reports_the_accountant_doe
         assert run(capsys, "replay", trace, "--json")[0] == 0
         assert run(capsys, "report", "monthly", "--month", "2026-11")[0] == 0
         monkeypatch.setenv("TALKMETER_DATABASE_URL", accountant_dsn)
-        code, _, err = run(capsys, "report", "monthly", "--month", "2026-11")
-        assert code == 2 and "permission denied" in err
+        for command in (("report", "monthly", "--month", "2026-11", "--csv"), ("check-ledger",), ("rerate",)):
+            code, _, err = run(capsys, *command)
+            assert (code, err) == (0, ""), command
     finally:
         asyncio.run(admin(f"DROP ROLE {writer}, {accountant}"))  # they own nothing: only inherited grants
 
@@ -237,3 +240,143 @@ def test_a_database_option_asyncpg_refuses_is_one_line(
     assert (
         code == 2 and err.startswith("talkmeter: database_url: target_session_attrs") and err.count("\n") == 1
     )
+
+
+def as_accountant(dsn: str) -> str:
+    """The same database, the session's role the accountant's (the login stays the test's)."""
+    return dsn + "?role=talkmeter_accountant"
+
+
+@pytest.fixture
+def month_end(database: str, tmp_path: Path) -> str:
+    """A migrated database with Romashka (Cyrillic name) and three conversations in November."""
+    clients, contracts = tmp_path / "clients.csv", tmp_path / "contracts.csv"
+    clients.write_text(CLIENTS.replace("Romashka LLC", "ООО Ромашка"))
+    contracts.write_text(CONTRACTS + "K0,C1,2027-01-01,,,,,,,,,,flag,,,\n")
+    for argv in (
+        ["migrate"],
+        ["import", "clients", str(clients)],
+        ["import", "contracts", str(contracts)],
+        ["rerate"],
+    ):
+        assert main(argv) == 0
+    asyncio.run(
+        record(
+            database,
+            conversation_dict("a", "2026-11-24T10:00:00+03:00", (2, 600)),
+            conversation_dict("c", "2026-11-24T12:00:00+03:00", (2, 4000.5)),
+            conversation_dict("d", "2026-11-28T12:00:00+03:00", (2, 900)),
+        )
+    )
+    return database
+
+
+def test_the_accountant_role_runs_the_monthly_report(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8: `report monthly` failed for the accountant (schema_migrations: permission denied),
+    and the statement named neither the client nor the contract."""
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    code, out, err = run(capsys, "report", "monthly", "--month", "2026-11", "--format", "csv")
+    assert (code, err) == (0, "")
+    [line] = list(csv.DictReader(io.StringIO(out)))
+    assert (line["client_id"], line["client_name"], line["contracts"]) == ("C1", "ООО Ромашка", "K1")
+    code, table, _ = run(capsys, "report", "monthly", "--month", "2026-11")
+    assert code == 0 and "ООО Ромашка" in table and "K1" in table
+
+
+def test_the_csv_for_excel_and_1c(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """UTF-8 with a BOM, ';' between fields, decimal commas, CRLF: what Russian Excel and 1C open."""
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    capsysbinary.readouterr()
+    assert main(["report", "monthly", "--month", "2026-11", "--csv"]) == 0
+    data = capsysbinary.readouterr().out
+    assert data.startswith(b"\xef\xbb\xbf")
+    text = data[3:].decode("utf-8")
+    assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
+    header, row = [line.split(";") for line in text.strip().split("\r\n")]
+    values = dict(zip(header, row, strict=True))
+    assert values["client_name"] == "ООО Ромашка"
+    assert values["talk_seconds"] == "5500,500"
+    assert values["amount"] == "4,00"
+    assert values["month"] == "2026-11-01"
+
+
+def test_contract_end_rerates_and_withdraw_removes_an_unused_contract(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8: a contract imported by mistake could neither end nor go away. The accountant ends
+    one (and the conversations after its end are reversed at once) and withdraws one never used."""
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    code, out, err = run(capsys, "contract", "end", "K1", "2026-11-25")
+    assert (code, err) == (0, "")
+    assert out == "contract K1 of C1 ends on 2026-11-25; re-rated 1 client(s), posted 1 ledger row(s)\n"
+    charged = asyncio.run(query(month_end, "SELECT conversation_id FROM talkmeter.conversation_charges"))
+    assert sorted(row["conversation_id"] for row in charged) == ["a", "c"]
+    unmatched = asyncio.run(
+        query(month_end, "SELECT conversation_id, reason FROM talkmeter.unmatched_conversations")
+    )
+    assert [tuple(row) for row in unmatched] == [("d", "no_contract")]
+
+    code, _, err = run(capsys, "contract", "end", "K1", "2026-10-01")
+    assert code == 2 and "cannot end before it starts" in err
+    code, _, err = run(capsys, "contract", "withdraw", "K1")
+    assert code == 2 and "end it instead" in err
+    code, _, err = run(capsys, "contract", "withdraw", "nope")
+    assert code == 2 and "no contract 'nope'" in err
+    code, out, _ = run(capsys, "contract", "withdraw", "K0")
+    assert (code, out) == (0, "contract K0 of C1 withdrawn\n")
+    contracts = asyncio.run(query(month_end, "SELECT contract_id FROM talkmeter.client_contracts"))
+    assert [row["contract_id"] for row in contracts] == ["K1"]
+    code, _, err = run(capsys, "contract", "end", "K1", "30.11.2026")
+    assert code == 2 and "must look like 2026-11-30" in err
+
+
+def test_check_ledger_from_the_command_line(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    assert run(capsys, "check-ledger") == (
+        0,
+        "checked 1 client(s): the running state equals what the ledger sums to\n",
+        "",
+    )
+    asyncio.run(query(month_end, "UPDATE talkmeter.usage_totals SET amount = amount + 1 RETURNING 1"))
+    code, out, err = run(capsys, "check-ledger", "--client", "C1")
+    assert code == 1 and out.startswith("usage_totals C1/K1: the ledger sums to")
+    assert "1 difference(s)" in err
+
+
+async def accountant_fetch(dsn: str, sql: str) -> list[Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET ROLE talkmeter_accountant")
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+def test_accountants_see_clients_contracts_and_weekly_free_days(month_end: str) -> None:
+    """Issue 8: the accountant could read neither clients nor contracts, and the weekly free days
+    were shown nowhere."""
+    [romashka, *_] = asyncio.run(
+        accountant_fetch(month_end, "SELECT * FROM talkmeter.client_contracts ORDER BY contract_id DESC")
+    )
+    assert (romashka["client_name"], romashka["numbers"], romashka["contract_id"]) == (
+        "ООО Ромашка",
+        ["+74951234567"],
+        "K1",
+    )
+    assert (romashka["free_daily_minutes"], romashka["prepaid_minutes"]) == (15, 60)
+    weeks = asyncio.run(
+        accountant_fetch(
+            month_end, "SELECT * FROM talkmeter.weekly_usage WHERE client_id = 'C1' ORDER BY week"
+        )
+    )
+    # Monday 23 November: the 24th and the 28th took free time.
+    assert [(str(w["week"]), w["free_days_used"], w["conversations"]) for w in weeks] == [
+        ("2026-11-23", 2, 3)
+    ]
+    assert weeks[0]["free_seconds"] == Decimal("1800.000")
