@@ -136,10 +136,16 @@ class ClientTalks:
     """Each conversation's end (ended_at), which a frontier is about."""
 
 
+class PrunedConversation(Exception):
+    """A conversation to rate has lost its segments (a retention job removed them): rating it again
+    would reverse its charges, so nothing is written."""
+
+
 async def load_talks(
     conn: asyncpg.Connection, client_id: str, since: datetime | None, until: datetime | None
 ) -> ClientTalks:
-    """The client's conversations started in [since, until)."""
+    """The client's conversations started in [since, until); `PrunedConversation` when one of them
+    talked but its segments are gone."""
     rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until)
     talks = [
         Talk(
@@ -159,6 +165,13 @@ async def load_talks(
         )
         for row in rows
     ]
+    for talk, row in zip(talks, rows, strict=True):
+        if talk.talk_ms != row["talk_ms"]:
+            raise PrunedConversation(
+                f"conversation {talk.conversation_id} of {client_id} (started "
+                f"{row['started_at'].isoformat()}) has lost its segments (retention): it cannot be rated "
+                "again; re-rate only what started later"
+            )
     return ClientTalks(
         talks,
         {row["conversation_id"]: row["status"] for row in rows},

@@ -88,7 +88,7 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
 -- name: client_conversations
 -- The client's conversations that started in [$2, $3) with their resolution status and their
 -- segments (as arrays in order); NULL bounds are open.
-SELECT c.conversation_id, c.started_at, c.ended_at, c.line, r.status,
+SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms, r.status,
        s.starts, s.ends, s.holds, s.consultants
   FROM talkmeter.conversations c
  CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r

@@ -30,6 +30,7 @@ from accounting.ledger import (
     withdraw_contract,
 )
 from accounting.migrate import MissingRoles, SchemaError, check_schema, migrate
+from accounting.store import PrunedConversation
 from daemon.settings import ConfigError, load_settings
 
 
@@ -265,7 +266,7 @@ def _run(args: argparse.Namespace, job: Callable[[asyncpg.Pool], Awaitable[int]]
         for statement in error.statements:
             print(f"    {statement}", file=sys.stderr)
         return 2
-    except (SchemaError, LookupError, ContractRefused, RetryableStorageError) as error:
+    except (SchemaError, LookupError, ContractRefused, PrunedConversation, RetryableStorageError) as error:
         print(f"talkmeter: {error}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError) as error:

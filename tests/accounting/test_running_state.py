@@ -362,3 +362,22 @@ async def test_a_full_rerate_in_windows_equals_rating_everything(
             charge.amount,
         )
     assert await audit.check_client(conn, "C1") == []
+
+
+async def test_rerating_a_conversation_whose_segments_were_pruned_changes_nothing(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """Retention may delete old segments (see the README); a rerate that reaches those
+    conversations must refuse rather than take their talk for zero and reverse their charges."""
+    await seed(conn)
+    await record_conversation(pool, day_of(date(2026, 10, 5), 10, 600))
+    await conn.execute(
+        "DELETE FROM talkmeter.conversation_segments s USING talkmeter.conversations c "
+        "WHERE c.conversation_id = s.conversation_id AND c.started_at < '2026-11-01'"
+    )
+    await record_conversation(pool, day_of(date(2026, 11, 24), 10, 600))  # after it: rated as usual
+    rows = await conn.fetchval("SELECT count(*) FROM talkmeter.charges")
+    with pytest.raises(store.PrunedConversation, match="2026-10-05-10 of C1"):
+        await rerate(pool, full=True)
+    assert await conn.fetchval("SELECT count(*) FROM talkmeter.charges") == rows == 2
+    assert await audit.check_client(conn, "C1") == []
