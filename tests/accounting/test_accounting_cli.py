@@ -163,7 +163,7 @@ def test_the_documented_queries_run_as_an_accountant(
         )
     )
     queries = [sql.replace("'romashka'", "'C1'") for sql in month_end_queries()]
-    assert len(queries) == 7
+    assert len(queries) == 8
 
     async def run_all() -> list[list[Any]]:
         conn = await asyncpg.connect(database)
@@ -173,9 +173,11 @@ def test_the_documented_queries_run_as_an_accountant(
         finally:
             await conn.close()
 
-    invoices, detail, disagreements, flagged, capped, unmatched, lines = asyncio.run(run_all())
+    invoices, detail, disagreements, flagged, capped, weeks, unmatched, lines = asyncio.run(run_all())
     assert len(invoices) == 1 and len(detail) == 1 and disagreements == []
     assert len(flagged) == 1 and len(capped) == 1 and len(unmatched) == 1 and len(lines) == 1
+    assert [(w["week"].isoformat(), w["free_days_used"]) for w in weeks] == [("2026-11-23", 2)]
+    assert invoices[0]["contracts"] == "K1"
 
 
 def test_import_says_what_it_created_changed_and_left_alone(
