@@ -340,27 +340,29 @@ class ContractRefused(Exception):
 async def end_contract(pool: asyncpg.Pool, contract_id: str, last_day: date) -> tuple[str, RerateSummary]:
     """Let the contract end on `last_day` (client-local, inclusive), then re-rate its client from
     the first day that changed. Returns the client and what the rerate posted."""
-    async with _retryable(), pool.acquire() as conn:
-        try:
-            client_id: str = await conn.fetchval(QUERIES["end_contract"], contract_id, last_day)
-        except asyncpg.NoDataFoundError as error:
-            raise LookupError(error.args[0]) from error
-        except asyncpg.CheckViolationError as error:
-            raise ContractRefused(error.args[0]) from error
+    async with _retryable(), _contract_errors(), pool.acquire() as conn:
+        client_id: str = await conn.fetchval(QUERIES["end_contract"], contract_id, last_day)
     return client_id, await rerate(pool, client_id)
 
 
 async def withdraw_contract(pool: asyncpg.Pool, contract_id: str) -> str:
     """Remove a contract no conversation was ever charged under (imported by mistake); returns its
     client. A contract in the ledger stays: end it instead."""
-    async with _retryable(), pool.acquire() as conn:
-        try:
-            client_id: str = await conn.fetchval(QUERIES["withdraw_contract"], contract_id)
-        except asyncpg.NoDataFoundError as error:
-            raise LookupError(error.args[0]) from error
-        except asyncpg.CheckViolationError as error:
-            raise ContractRefused(error.args[0]) from error
+    async with _retryable(), _contract_errors(), pool.acquire() as conn:
+        client_id: str = await conn.fetchval(QUERIES["withdraw_contract"], contract_id)
     return client_id
+
+
+@asynccontextmanager
+async def _contract_errors() -> AsyncIterator[None]:
+    """talkmeter.end_contract/withdraw_contract say 'no such contract' with no_data_found and
+    'refused' with check_violation."""
+    try:
+        yield
+    except asyncpg.NoDataFoundError as error:
+        raise LookupError(error.args[0]) from error
+    except asyncpg.CheckViolationError as error:
+        raise ContractRefused(error.args[0]) from error
 
 
 async def assign_conversation(
