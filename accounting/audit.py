@@ -60,6 +60,7 @@ def _compare(client_id: str, expected: Running, stored: Running) -> list[Mismatc
         ("usage_days", expected.days, stored.days),
         ("usage_weeks", expected.weeks, stored.weeks),
         ("usage_totals", expected.totals, stored.totals),
+        ("usage_months", expected.months, stored.months),
     ]
     for table, want, have in tables:
         for key in sorted(set(want) | set(have), key=repr):

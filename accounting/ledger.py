@@ -305,7 +305,7 @@ async def _window(
     count = WINDOW
     while True:
         end = await store.nth_start(conn, client_id, front, count)
-        loaded = await store.load_talks(conn, client_id, front, end)
+        loaded = await store.load_talks(conn, client_id, front, end, statuses=True)
         following = None if end is None else await store.next_start(conn, client_id, end)
         if following is None:
             return loaded, None

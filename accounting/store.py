@@ -131,7 +131,7 @@ def _utc_midnight(day: date) -> datetime:
 class ClientTalks:
     talks: list[Talk]
     statuses: dict[str, str]
-    """Each conversation's resolution status (matched, assigned, ...)."""
+    """Each conversation's resolution status (matched, assigned, ...), when asked for."""
     ends_ms: dict[str, int]
     """Each conversation's end (ended_at), which a frontier is about."""
 
@@ -142,11 +142,11 @@ class PrunedConversation(Exception):
 
 
 async def load_talks(
-    conn: asyncpg.Connection, client_id: str, since: datetime | None, until: datetime | None
+    conn: asyncpg.Connection, client_id: str, since: datetime, until: datetime | None, statuses: bool = False
 ) -> ClientTalks:
-    """The client's conversations started in [since, until); `PrunedConversation` when one of them
-    talked but its segments are gone."""
-    rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until)
+    """The client's conversations started in [since, until) (with their resolution statuses when
+    asked; empty otherwise); `PrunedConversation` when one of them talked but its segments are gone."""
+    rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until, statuses)
     talks = [
         Talk(
             row["conversation_id"],
@@ -174,7 +174,7 @@ async def load_talks(
             )
     return ClientTalks(
         talks,
-        {row["conversation_id"]: row["status"] for row in rows},
+        {row["conversation_id"]: row["status"] for row in rows if statuses},
         {row["conversation_id"]: to_ms(row["ended_at"]) for row in rows},
     )
 
@@ -337,9 +337,10 @@ def _days_json(value: LedgerState) -> str:
 
 async def add_usage(conn: asyncpg.Connection, client_id: str, changes: Running) -> None:
     """Add the running-state changes (see `usage.plan_usage`)."""
-    if not (changes.days or changes.weeks or changes.totals):
+    if not (changes.days or changes.weeks or changes.totals or changes.months):
         return
     days, weeks, totals = sorted(changes.days), sorted(changes.weeks), sorted(changes.totals)
+    months = sorted(changes.months)
     await conn.execute(
         QUERIES["add_usage"],
         client_id,
@@ -352,6 +353,9 @@ async def add_usage(conn: asyncpg.Connection, client_id: str, changes: Running) 
         [changes.weeks[key].free_ms for key in weeks],
         totals,
         *_usage_columns([changes.totals[key] for key in totals]),
+        [contract_id for contract_id, _ in months],
+        [month for _, month in months],
+        *_usage_columns([changes.months[key] for key in months]),
     )
 
 
@@ -458,6 +462,10 @@ async def stored_usage(conn: asyncpg.Connection, client_id: str) -> Running:
         {
             row["contract_id"]: _usage(row)
             for row in await conn.fetch(QUERIES["stored_usage_totals"], client_id)
+        },
+        {
+            (row["contract_id"], row["month"]): _usage(row)
+            for row in await conn.fetch(QUERIES["stored_usage_months"], client_id)
         },
     )
 

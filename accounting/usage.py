@@ -15,11 +15,12 @@ rows, see `postings`). A value *contributes* to its contract's running state:
 - on the day it started (`day`): one conversation when it has talk, its billable seconds, its amount.
 
 The running state of a contract is the sum of the contributions of all its keys: per day
-(`usage_days`), in total (`usage_totals`, the same sums over all days), and per ISO week with any day row
-(`usage_weeks`: how many of the week's days have free time, which is what `free_days_per_week`
-limits, and their free milliseconds). A posting moves one key from its value before to its value
-after (`Posting.current`), so the running state moves by contribution(after) − contribution(before):
-that is `plan_usage`, a pure diff like `postings.plan_postings`. Day and total changes are additive;
+(`usage_days`), per month (`usage_months`) and in total (`usage_totals`), the same sums over the
+month's or all days, and per ISO week with any day row (`usage_weeks`: how many of the week's
+days have free time, which is what `free_days_per_week` limits, and their free milliseconds). A
+posting moves one key from its value before to its value after (`Posting.current`), so the
+running state moves by contribution(after) − contribution(before): that is `plan_usage`, a pure
+diff like `postings.plan_postings`. Day, month and total changes are additive;
 a week's day count is not (a day counts once however many conversations took free time on it),
 so it is computed from each touched day's free time before and after. `summarise` computes the
 whole running state from the keys' values directly; tests prove that the diffs, applied in any
@@ -43,7 +44,7 @@ from accounting.postings import LedgerState
 from accounting.rating import PriorUsage
 
 DayKey = tuple[str, date]
-"""(contract_id, client-local day); for weeks, the day is the ISO week's Monday."""
+"""(contract_id, client-local day); for weeks the ISO week's Monday, for months their first day."""
 
 ZERO = Decimal("0.00")
 
@@ -83,11 +84,13 @@ class Week:
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """Running state (or changes to it): per (contract, day), per (contract, week), per contract."""
+    """Running state (or changes to it): per (contract, day), per (contract, week), per contract,
+    per (contract, month)."""
 
     days: dict[DayKey, Usage] = field(default_factory=dict)
     weeks: dict[DayKey, Week] = field(default_factory=dict)
     totals: dict[str, Usage] = field(default_factory=dict)
+    months: dict[DayKey, Usage] = field(default_factory=dict)
 
 
 Change = tuple[str, LedgerState | None, LedgerState]
@@ -97,6 +100,10 @@ Change = tuple[str, LedgerState | None, LedgerState]
 def week_of(day: date) -> date:
     """The Monday of the day's ISO week."""
     return day - timedelta(days=day.weekday())
+
+
+def month_of(day: date) -> date:
+    return day.replace(day=1)
 
 
 def contribution(contract_id: str, value: LedgerState) -> dict[DayKey, Usage]:
@@ -129,33 +136,39 @@ def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -
     changed = {key: usage for key, usage in days.items() if not usage.is_zero()}
     weeks: dict[DayKey, Week] = defaultdict(Week)
     totals: dict[str, Usage] = defaultdict(Usage)
+    months: dict[DayKey, Usage] = defaultdict(Usage)
     new_rows: set[DayKey] = set()
     for (contract_id, day), delta in sorted(changed.items()):
         old_free = days_before.get((contract_id, day), Usage()).free_ms
         counted = (old_free + delta.free_ms > 0) - (old_free > 0)
         weeks[(contract_id, week_of(day))] += Week(counted, delta.free_ms)
         totals[contract_id] += delta
+        months[(contract_id, month_of(day))] += delta
         if (contract_id, day) not in days_before:
             new_rows.add((contract_id, week_of(day)))
-    # A week has a row as soon as one of its days has one (weekly_usage lists weeks without free
-    # time too), so a new day writes its week even when the week's figures do not change.
+            new_rows.add((contract_id, month_of(day)))
+    # A week or month has a row as soon as one of its days has one (weekly_usage lists weeks without
+    # free time too), so a new day writes its week and month even when their figures do not change.
     return Running(
         changed,
         {key: week for key, week in weeks.items() if week != Week() or key in new_rows},
         {key: total for key, total in totals.items() if not total.is_zero()},
+        {key: month for key, month in months.items() if not month.is_zero() or key in new_rows},
     )
 
 
 def apply(state: Running, changes: Running) -> Running:
     """The running state after adding `changes` (rows that reach zero are kept, as in the tables)."""
-    days, weeks, totals = dict(state.days), dict(state.weeks), dict(state.totals)
+    days, weeks, totals, months = dict(state.days), dict(state.weeks), dict(state.totals), dict(state.months)
     for key, usage in changes.days.items():
         days[key] = days.get(key, Usage()) + usage
     for key, week in changes.weeks.items():
         weeks[key] = weeks.get(key, Week()) + week
     for contract_id, total in changes.totals.items():
         totals[contract_id] = totals.get(contract_id, Usage()) + total
-    return Running(days, weeks, totals)
+    for key, usage in changes.months.items():
+        months[key] = months.get(key, Usage()) + usage
+    return Running(days, weeks, totals, months)
 
 
 def summarise(values: Iterable[tuple[str, LedgerState]]) -> Running:
@@ -166,10 +179,12 @@ def summarise(values: Iterable[tuple[str, LedgerState]]) -> Running:
             days[key] += usage
     weeks: dict[DayKey, Week] = defaultdict(Week)
     totals: dict[str, Usage] = defaultdict(Usage)
+    months: dict[DayKey, Usage] = defaultdict(Usage)
     for (contract_id, day), usage in days.items():
         weeks[(contract_id, week_of(day))] += Week(1 if usage.free_ms > 0 else 0, usage.free_ms)
         totals[contract_id] += usage
-    return Running(dict(days), dict(weeks), dict(totals))
+        months[(contract_id, month_of(day))] += usage
+    return Running(dict(days), dict(weeks), dict(totals), dict(months))
 
 
 def without_zeros(state: Running) -> Running:
@@ -178,6 +193,7 @@ def without_zeros(state: Running) -> Running:
         {key: usage for key, usage in state.days.items() if not usage.is_zero()},
         {key: week for key, week in state.weeks.items() if week != Week()},
         {key: usage for key, usage in state.totals.items() if not usage.is_zero()},
+        {key: usage for key, usage in state.months.items() if not usage.is_zero()},
     )
 
 

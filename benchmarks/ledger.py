@@ -70,6 +70,7 @@ BIG_PER_DAY = 550
 BIG_HISTORY = 100_000
 ZONES = ["Europe/Moscow"] * 8 + ["Asia/Yekaterinburg", "Asia/Novosibirsk"]
 LINES = [f"7495000000{i}" for i in range(5)]
+LINE_ZONE = ZoneInfo("Europe/Moscow")  # settings.line_timezone as migrated
 CONSULTANTS = [str(100 + i) for i in range(50)]
 BATCH = 40_000  # conversations per COPY batch
 
@@ -234,6 +235,7 @@ class ContractState:
     prepaid_ms: int = 0
     days: dict[date, Usage] = field(default_factory=lambda: defaultdict(Usage))
     weeks: dict[date, Week] = field(default_factory=lambda: defaultdict(Week))
+    months: dict[date, Usage] = field(default_factory=lambda: defaultdict(Usage))
     total: Usage = field(default_factory=Usage)
 
 
@@ -247,13 +249,14 @@ class Rows:
     usage_days: list[tuple[Any, ...]] = field(default_factory=list)
     usage_weeks: list[tuple[Any, ...]] = field(default_factory=list)
     usage_totals: list[tuple[Any, ...]] = field(default_factory=list)
+    usage_months: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 COLUMNS = {
     "conversations": (
         "conversation_id", "pbx", "direction", "client_number", "client_number_raw", "line",
         "consultants", "started_at", "answered_at", "ended_at", "wait_ms", "talk_ms", "hold_ms",
-        "estimated", "recorded_at", "client_id", "match_status",
+        "estimated", "recorded_at", "client_id", "match_status", "line_day",
     ),
     "conversation_segments": ("conversation_id", "position", "consultant", "start_at", "end_at", "hold"),
     "charges": (
@@ -272,6 +275,10 @@ COLUMNS = {
         "billable_seconds", "amount",
     ),
     "usage_weeks": ("client_id", "contract_id", "week", "free_days", "free_ms"),
+    "usage_months": (
+        "client_id", "contract_id", "month", "talk_ms", "free_ms", "prepaid_ms", "paid_ms", "conversations",
+        "billable_seconds", "amount",
+    ),
     "usage_totals": (
         "client_id", "contract_id", "talk_ms", "free_ms", "prepaid_ms", "paid_ms", "conversations",
         "billable_seconds", "amount",
@@ -382,6 +389,7 @@ class History:
              usage.conversations, usage.billable_seconds, usage.amount)
         )  # fmt: skip
         state.total += usage
+        state.months[day.replace(day=1)] += usage
         state.free_by_day[day] = usage.free_ms
         for old in [d for d in state.free_by_day if d < day - timedelta(days=8)]:
             del state.free_by_day[old]
@@ -391,6 +399,11 @@ class History:
         for client in self.firm.clients:
             state = self.states[client.client_id]
             contract_id = self.firm.contracts[client.client_id].contract_id
+            rows.usage_months += [
+                (client.client_id, contract_id, month, u.talk_ms, u.free_ms, u.prepaid_ms, u.paid_ms,
+                 u.conversations, u.billable_seconds, u.amount)
+                for month, u in sorted(state.months.items())
+            ]  # fmt: skip
             rows.usage_weeks += [
                 (client.client_id, contract_id, week, w.free_days, w.free_ms)
                 for week, w in sorted(state.weeks.items())
@@ -426,11 +439,12 @@ def _conversation_row(call: Call) -> tuple[Any, ...]:
     else:
         client_id, status = None, "withheld" if call.number is None else "unknown"
     answered = from_ms(call.intervals[0].start_ms) if call.intervals else None
+    line_day = from_ms(call.started_ms).astimezone(LINE_ZONE).date()
     return (
         call.conversation_id, "bench", "inbound" if call.line else "outbound", call.number,
         (call.number or "anonymous").lstrip("+"), call.line, [call.consultant] if call.intervals else [],
         from_ms(call.started_ms), answered, from_ms(call.ended_ms), call.wait_ms, talk, hold, False,
-        from_ms(call.ended_ms + 500), client_id, status,
+        from_ms(call.ended_ms + 500), client_id, status, line_day,
     )  # fmt: skip
 
 
@@ -515,7 +529,7 @@ async def _copy(pool: asyncpg.Pool, rows: Rows) -> None:
     tables = {
         "conversations": rows.conversations, "conversation_segments": rows.segments, "charges": rows.charges,
         "charge_days": rows.charge_days, "current_charges": rows.current, "usage_days": rows.usage_days,
-        "usage_weeks": rows.usage_weeks, "usage_totals": rows.usage_totals,
+        "usage_weeks": rows.usage_weeks, "usage_totals": rows.usage_totals, "usage_months": rows.usage_months,
     }  # fmt: skip
 
     async def one(table: str, records: list[tuple[Any, ...]]) -> None:

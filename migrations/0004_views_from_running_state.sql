@@ -26,14 +26,74 @@ SELECT c.conversation_id, r.client_id, r.status
   FROM talkmeter.conversations c
   CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r;
 
--- Conversations by number and time (what a number change affects), by time (line_quality's days),
--- and the unmatched queue (a small part of the table).
+-- Conversations by number and time (what a number change affects) and the unmatched queue (a
+-- small part of the table).
 DROP INDEX talkmeter.conversations_number;
 CREATE INDEX conversations_number ON talkmeter.conversations (client_number, started_at);
-CREATE INDEX conversations_started ON talkmeter.conversations (started_at);
 CREATE INDEX conversations_unmatched ON talkmeter.conversations (started_at)
     WHERE match_status IN ('withheld', 'unknown', 'ambiguous', 'no_contract') AND talk_ms > 0;
 CREATE INDEX conversation_assignments_client ON talkmeter.conversation_assignments (client_id);
+
+-- ===== The day of a line ======================================================================
+-- line_quality counts days in the partner's zone (settings.line_timezone). Each conversation
+-- carries that day, so a day of line_quality is an index range whose size the planner knows (as
+-- an expression of the setting it could only guess, and a guess of a tenth of the table made
+-- every day's query pay for JIT compilation). Set on insert; a new line_timezone recomputes it
+-- for every conversation (a rewrite of the table: rare, and slow on a big one).
+ALTER TABLE talkmeter.conversations ADD COLUMN line_day date;
+UPDATE talkmeter.conversations
+   SET line_day = (started_at AT TIME ZONE (SELECT value FROM talkmeter.settings WHERE key = 'line_timezone'))::date;
+CREATE INDEX conversations_line_day ON talkmeter.conversations (line_day, line);
+
+CREATE FUNCTION talkmeter.set_line_day() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.line_day := (NEW.started_at AT TIME ZONE
+                     (SELECT value FROM talkmeter.settings WHERE key = 'line_timezone'))::date;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER conversations_line_day BEFORE INSERT ON talkmeter.conversations
+    FOR EACH ROW EXECUTE FUNCTION talkmeter.set_line_day();
+
+CREATE FUNCTION talkmeter.line_zone_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.key = 'line_timezone' THEN
+        UPDATE talkmeter.conversations SET line_day = (started_at AT TIME ZONE NEW.value)::date;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER settings_line_zone AFTER INSERT OR UPDATE ON talkmeter.settings
+    FOR EACH ROW EXECUTE FUNCTION talkmeter.line_zone_changed();
+
+-- ===== Usage per month ========================================================================
+-- One row per contract and month (its first day) with usage_days rows: their sums (see 0003's
+-- usage_days for what the columns hold). The monthly statement reads a month's rows, and the
+-- prepaid left at a month's end is the contract's total less the months after it: a few rows,
+-- not the contract's days. Written with usage_days.
+CREATE TABLE talkmeter.usage_months (
+    client_id text NOT NULL REFERENCES talkmeter.clients,
+    contract_id text NOT NULL REFERENCES talkmeter.contracts,
+    month date NOT NULL CHECK (extract(day FROM month) = 1),
+    talk_ms bigint NOT NULL DEFAULT 0,
+    free_ms bigint NOT NULL DEFAULT 0,
+    prepaid_ms bigint NOT NULL DEFAULT 0,
+    paid_ms bigint NOT NULL DEFAULT 0,
+    conversations bigint NOT NULL DEFAULT 0,
+    billable_seconds bigint NOT NULL DEFAULT 0,
+    amount numeric(14, 2) NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_id, contract_id, month)
+) WITH (fillfactor = 70);
+CREATE INDEX usage_months_month ON talkmeter.usage_months (month, client_id);
+INSERT INTO talkmeter.usage_months (
+    client_id, contract_id, month, talk_ms, free_ms, prepaid_ms, paid_ms, conversations,
+    billable_seconds, amount)
+SELECT client_id, contract_id, month, sum(talk_ms), sum(free_ms), sum(prepaid_ms), sum(paid_ms),
+       sum(conversations), sum(billable_seconds), sum(amount)
+  FROM talkmeter.usage_days
+ GROUP BY client_id, contract_id, month;
 
 -- ===== The rating frontier ===================================================================
 -- The earliest moment from which re-rating a client is exact: `moment` pulled back to the start
@@ -352,46 +412,41 @@ SELECT m.client_id,
                sum(u.amount) AS amount,
                string_agg(DISTINCT k.currency, ',') FILTER (WHERE u.conversations <> 0) AS currency,
                string_agg(DISTINCT u.contract_id, ',') AS contracts
-          FROM talkmeter.usage_days u
+          FROM talkmeter.usage_months u
           JOIN talkmeter.contracts k USING (contract_id)
          GROUP BY u.client_id, u.month
         HAVING sum(u.talk_ms) <> 0 OR sum(u.conversations) <> 0) m
   JOIN talkmeter.clients cl USING (client_id)
   LEFT JOIN LATERAL (
+        -- Used by the end of the month: the contract's total less what the months after it used.
         SELECT sum(k.prepaid_minutes::bigint * 60
-                   - COALESCE((SELECT sum(d.prepaid_ms) FROM talkmeter.usage_days d
-                                WHERE d.client_id = k.client_id AND d.contract_id = k.contract_id
-                                  AND d.day < (m.month + interval '1 month')::date), 0) / 1000.0) AS remaining
+                   - (COALESCE(t.prepaid_ms, 0)
+                      - COALESCE((SELECT sum(a.prepaid_ms) FROM talkmeter.usage_months a
+                                   WHERE a.client_id = k.client_id AND a.contract_id = k.contract_id
+                                     AND a.month > m.month), 0)) / 1000.0) AS remaining
           FROM talkmeter.contracts k
+          LEFT JOIN talkmeter.usage_totals t ON t.client_id = k.client_id AND t.contract_id = k.contract_id
          WHERE k.client_id = m.client_id
            AND k.prepaid_minutes IS NOT NULL
            AND k.valid_from < (m.month + interval '1 month')::date
            AND (k.valid_to IS NULL OR k.valid_to >= m.month)) p ON true;
 
--- How fast clients got through, per line and local day (in settings.line_timezone): inbound
--- conversations only; wait = from the call's arrival to the first consultant's answer. Each day
--- is a range of started_at, so a filter on day reads just that day's conversations.
+-- How fast clients got through, per line and local day (in settings.line_timezone: each
+-- conversation's line_day): inbound conversations only; wait = from the call's arrival to the
+-- first consultant's answer.
 CREATE VIEW talkmeter.line_quality AS
 SELECT cv.line,
-       d.day,
+       cv.line_day AS day,
        count(*) AS offered,
        count(*) FILTER (WHERE cv.answered_at IS NOT NULL) AS answered,
        count(*) FILTER (WHERE cv.answered_at IS NULL) AS abandoned,
        (percentile_cont(0.5) WITHIN GROUP (ORDER BY cv.wait_ms) / 1000.0)::numeric(14, 3) AS median_wait_seconds,
        (percentile_cont(0.9) WITHIN GROUP (ORDER BY cv.wait_ms) / 1000.0)::numeric(14, 3) AS p90_wait_seconds,
        (sum(cv.talk_ms) / 1000.0)::numeric(14, 3) AS talk_seconds
-  FROM talkmeter.settings s
- CROSS JOIN LATERAL generate_series(
-        date_trunc('day', (SELECT min(c.started_at) FROM talkmeter.conversations c) AT TIME ZONE s.value),
-        (SELECT max(c.started_at) FROM talkmeter.conversations c) AT TIME ZONE s.value,
-        interval '1 day') AS g(at)
- CROSS JOIN LATERAL (SELECT g.at::date AS day) d
-  JOIN talkmeter.conversations cv
-    ON cv.started_at >= d.day::timestamp AT TIME ZONE s.value
-   AND cv.started_at < (d.day + 1)::timestamp AT TIME ZONE s.value
- WHERE s.key = 'line_timezone'
-   AND cv.direction = 'inbound'
- GROUP BY cv.line, d.day;
+  FROM talkmeter.conversations cv
+ WHERE cv.direction = 'inbound'
+   AND cv.line_day IS NOT NULL
+ GROUP BY cv.line, cv.line_day;
 
 -- Per contract and ISO week (Monday): the week's days with free time (the slots of
 -- free_days_per_week taken) and the week's usage.
@@ -445,6 +500,7 @@ SELECT cl.client_id,
   LEFT JOIN talkmeter.contracts k USING (client_id);
 
 -- ===== Grants ==============================================================================
+GRANT SELECT, INSERT, UPDATE ON talkmeter.usage_months TO talkmeter_writer;
 GRANT SELECT ON talkmeter.charge_totals, talkmeter.charge_day_totals, talkmeter.conversation_charges,
                 talkmeter.daily_usage, talkmeter.monthly_statement, talkmeter.line_quality,
                 talkmeter.weekly_usage, talkmeter.client_contracts
@@ -468,6 +524,7 @@ GRANT SELECT ON talkmeter.settings, talkmeter.clients, talkmeter.client_numbers,
                 talkmeter.usage_weeks, talkmeter.usage_totals, talkmeter.pending_rerates
    TO talkmeter_accountant;
 GRANT INSERT ON talkmeter.charges, talkmeter.charge_days TO talkmeter_accountant;
+GRANT SELECT, INSERT, UPDATE ON talkmeter.usage_months TO talkmeter_accountant;
 GRANT INSERT, UPDATE ON talkmeter.current_charges, talkmeter.usage_days, talkmeter.usage_weeks,
                         talkmeter.usage_totals TO talkmeter_accountant;
 GRANT INSERT, UPDATE, DELETE ON talkmeter.pending_rerates TO talkmeter_accountant;

@@ -86,12 +86,14 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
  ORDER BY contract_id;
 
 -- name: client_conversations
--- The client's conversations that started in [$2, $3) with their resolution status and their
--- segments (as arrays in order); NULL bounds are open.
-SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms, r.status,
+-- The client's conversations that started in [$2, $3) ($3 NULL = open) with their resolution
+-- status when $4 (rerate sets it; recording does not need it) and their segments (arrays, in
+-- order).
+SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms,
+       CASE WHEN $4 THEN (SELECT r.status FROM talkmeter.resolve(c.conversation_id, c.client_number) r) END
+           AS status,
        s.starts, s.ends, s.holds, s.consultants
   FROM talkmeter.conversations c
- CROSS JOIN LATERAL talkmeter.resolve(c.conversation_id, c.client_number) r
  CROSS JOIN LATERAL (
         SELECT array_agg(g.start_at ORDER BY g.position) AS starts,
                array_agg(g.end_at ORDER BY g.position) AS ends,
@@ -100,7 +102,7 @@ SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms, r.status,
           FROM talkmeter.conversation_segments g
          WHERE g.conversation_id = c.conversation_id) s
  WHERE c.client_id = $1
-   AND c.started_at >= COALESCE($2::timestamptz, '-infinity')
+   AND c.started_at >= $2
    AND c.started_at < COALESCE($3::timestamptz, 'infinity');
 
 -- name: frontier
@@ -204,7 +206,8 @@ ON CONFLICT (client_id, conversation_id, contract_id) DO UPDATE
        postings = cur.postings + 1, last_charge_id = EXCLUDED.last_charge_id;
 
 -- name: add_usage
--- Adds running-state changes: days ($2-$10), weeks ($11-$14), contract totals ($15-$22).
+-- Adds running-state changes: days ($2-$10), weeks ($11-$14), contract totals ($15-$22),
+-- months ($23-$31).
 WITH days AS (
     INSERT INTO talkmeter.usage_days AS u (
         client_id, contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations,
@@ -226,20 +229,35 @@ WITH days AS (
       FROM unnest($11::text[], $12::date[], $13::integer[], $14::bigint[]) AS r(contract_id, week, free_days, free_ms)
     ON CONFLICT (client_id, contract_id, week) DO UPDATE
        SET free_days = w.free_days + EXCLUDED.free_days, free_ms = w.free_ms + EXCLUDED.free_ms
+), totals AS (
+    INSERT INTO talkmeter.usage_totals AS t (
+        client_id, contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+    SELECT $1, r.contract_id, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
+           r.billable_seconds, r.amount
+      FROM unnest($15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[],
+                  $21::bigint[], $22::numeric[])
+           AS r(contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+    ON CONFLICT (client_id, contract_id) DO UPDATE
+       SET talk_ms = t.talk_ms + EXCLUDED.talk_ms, free_ms = t.free_ms + EXCLUDED.free_ms,
+           prepaid_ms = t.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = t.paid_ms + EXCLUDED.paid_ms,
+           conversations = t.conversations + EXCLUDED.conversations,
+           billable_seconds = t.billable_seconds + EXCLUDED.billable_seconds,
+           amount = t.amount + EXCLUDED.amount
 )
-INSERT INTO talkmeter.usage_totals AS t (
-    client_id, contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
-SELECT $1, r.contract_id, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
+INSERT INTO talkmeter.usage_months AS m (
+    client_id, contract_id, month, talk_ms, free_ms, prepaid_ms, paid_ms, conversations,
+    billable_seconds, amount)
+SELECT $1, r.contract_id, r.month, r.talk_ms, r.free_ms, r.prepaid_ms, r.paid_ms, r.conversations,
        r.billable_seconds, r.amount
-  FROM unnest($15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[],
-              $21::bigint[], $22::numeric[])
-       AS r(contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
-ON CONFLICT (client_id, contract_id) DO UPDATE
-   SET talk_ms = t.talk_ms + EXCLUDED.talk_ms, free_ms = t.free_ms + EXCLUDED.free_ms,
-       prepaid_ms = t.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = t.paid_ms + EXCLUDED.paid_ms,
-       conversations = t.conversations + EXCLUDED.conversations,
-       billable_seconds = t.billable_seconds + EXCLUDED.billable_seconds,
-       amount = t.amount + EXCLUDED.amount;
+  FROM unnest($23::text[], $24::date[], $25::bigint[], $26::bigint[], $27::bigint[], $28::bigint[],
+              $29::bigint[], $30::bigint[], $31::numeric[])
+       AS r(contract_id, month, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount)
+ON CONFLICT (client_id, contract_id, month) DO UPDATE
+   SET talk_ms = m.talk_ms + EXCLUDED.talk_ms, free_ms = m.free_ms + EXCLUDED.free_ms,
+       prepaid_ms = m.prepaid_ms + EXCLUDED.prepaid_ms, paid_ms = m.paid_ms + EXCLUDED.paid_ms,
+       conversations = m.conversations + EXCLUDED.conversations,
+       billable_seconds = m.billable_seconds + EXCLUDED.billable_seconds,
+       amount = m.amount + EXCLUDED.amount;
 
 -- ===== re-rating =====
 
@@ -427,6 +445,11 @@ SELECT contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, b
 
 -- name: stored_usage_weeks
 SELECT contract_id, week, free_days, free_ms FROM talkmeter.usage_weeks WHERE client_id = $1;
+
+-- name: stored_usage_months
+SELECT contract_id, month, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
+  FROM talkmeter.usage_months
+ WHERE client_id = $1;
 
 -- name: stored_usage_totals
 SELECT contract_id, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount

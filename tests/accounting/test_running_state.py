@@ -183,6 +183,7 @@ BIG_TABLES = {
     "current_charges",
     "usage_days",
     "usage_weeks",
+    "usage_months",
 }
 PARTIAL_INDEXES = {"conversations_unmatched"}  # hold only the rows the view wants
 
@@ -230,6 +231,11 @@ async def plan_only_history(conn: asyncpg.Connection) -> None:
         """INSERT INTO talkmeter.usage_days (client_id, contract_id, day, talk_ms, conversations)
            SELECT client_id, contract_id, day, sum(talk_ms), count(*)
              FROM talkmeter.current_charges GROUP BY client_id, contract_id, day"""
+    )
+    await conn.execute(
+        """INSERT INTO talkmeter.usage_months (client_id, contract_id, month, talk_ms, conversations)
+           SELECT client_id, contract_id, month, sum(talk_ms), sum(conversations)
+             FROM talkmeter.usage_days GROUP BY client_id, contract_id, month"""
     )
     await conn.execute("ANALYZE")
 
@@ -280,9 +286,11 @@ async def test_rerate_after_a_contract_end_reads_only_what_follows_it(
     reads: list[datetime] = []
     real_load_talks, real_load_current = store.load_talks, store.load_current
 
-    async def load_talks(conn: asyncpg.Connection, client_id: str, since: Any, until: Any) -> Any:
+    async def load_talks(
+        conn: asyncpg.Connection, client_id: str, since: Any, until: Any, **flags: Any
+    ) -> Any:
         reads.append(since)
-        return await real_load_talks(conn, client_id, since, until)
+        return await real_load_talks(conn, client_id, since, until, **flags)
 
     async def load_current(
         conn: asyncpg.Connection, client_id: str, ids: Any, since: Any, until: Any = None
