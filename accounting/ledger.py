@@ -290,7 +290,10 @@ async def _rerate_from(
     while True:
         loaded, cut = await _window(conn, client_id, front)
         settlement = await _settle(conn, client, contracts, contracts, front, loaded.talks, cut, "rerate")
-        await store.set_match_statuses(conn, _statuses(loaded.statuses, settlement.uncovered))
+        statuses = _statuses(loaded.statuses, settlement.uncovered)
+        await store.set_match_statuses(
+            conn, {cid: status for cid, status in statuses.items() if loaded.stored.get(cid) != status}
+        )
         postings += settlement.postings
         if cut is None:
             return postings, set(gaining)

@@ -47,6 +47,9 @@ class LedgerState:
     days: dict[date, DayCounts] = field(default_factory=dict)
 
     def normalised(self) -> LedgerState:
+        """The same value without all-zero days."""
+        if all(any(counts) for counts in self.days.values()):
+            return self
         return replace(self, days={day: counts for day, counts in self.days.items() if any(counts)})
 
     def reversed(self) -> LedgerState:
@@ -80,8 +83,12 @@ def state_of(charge: Charge) -> LedgerState:
         over_quota=charge.over_quota,
         short_call=charge.short_call,
         tier_changes=tuple((iso_ms(change.at_ms), change.tier) for change in charge.tier_changes),
-        days={d.day: (d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms) for d in charge.days},
-    ).normalised()
+        days={
+            d.day: (d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms)
+            for d in charge.days
+            if d.talk_ms or d.free_ms or d.prepaid_ms or d.paid_ms
+        },
+    )
 
 
 def plan_postings(desired: dict[Key, Charge], posted: dict[Key, LedgerState]) -> list[Posting]:

@@ -132,6 +132,8 @@ class ClientTalks:
     talks: list[Talk]
     statuses: dict[str, str]
     """Each conversation's resolution status (matched, assigned, ...), when asked for."""
+    stored: dict[str, str]
+    """Each conversation's match_status as stored now."""
     ends_ms: dict[str, int]
     """Each conversation's end (ended_at), which a frontier is about."""
 
@@ -175,6 +177,7 @@ async def load_talks(
     return ClientTalks(
         talks,
         {row["conversation_id"]: row["status"] for row in rows if statuses},
+        {row["conversation_id"]: row["match_status"] for row in rows},
         {row["conversation_id"]: to_ms(row["ended_at"]) for row in rows},
     )
 
@@ -199,6 +202,8 @@ async def next_start(conn: asyncpg.Connection, client_id: str, at: datetime) -> 
 
 
 async def set_match_statuses(conn: asyncpg.Connection, statuses: dict[str, str]) -> None:
+    if not statuses:
+        return
     ids = sorted(statuses)
     await conn.execute(QUERIES["set_match_statuses"], ids, [statuses[i] for i in ids])
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -62,10 +62,29 @@ class Usage:
     amount: Decimal = ZERO
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Usage)))
+        return Usage(
+            self.talk_ms + other.talk_ms,
+            self.free_ms + other.free_ms,
+            self.prepaid_ms + other.prepaid_ms,
+            self.paid_ms + other.paid_ms,
+            self.conversations + other.conversations,
+            self.billable_seconds + other.billable_seconds,
+            self.amount + other.amount,
+        )
+
+    def __neg__(self) -> Usage:
+        return Usage(
+            -self.talk_ms,
+            -self.free_ms,
+            -self.prepaid_ms,
+            -self.paid_ms,
+            -self.conversations,
+            -self.billable_seconds,
+            -self.amount,
+        )
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(Usage)))
+        return self + -other
 
     def is_zero(self) -> bool:
         return self == Usage()
@@ -108,17 +127,15 @@ def month_of(day: date) -> date:
 
 def contribution(contract_id: str, value: LedgerState) -> dict[DayKey, Usage]:
     """What one key's value adds to its contract's day rows."""
-    rows: dict[DayKey, Usage] = defaultdict(Usage)
-    for day, (talk, free, prepaid, paid) in value.days.items():
-        rows[(contract_id, day)] += Usage(talk, free, prepaid, paid)
-    started = Usage(
-        conversations=1 if value.talk_ms != 0 else 0,
-        billable_seconds=value.billable_seconds,
-        amount=value.amount,
-    )
-    if not started.is_zero():
-        rows[(contract_id, value.day)] += started
-    return dict(rows)
+    rows = {(contract_id, day): Usage(*counts) for day, counts in value.days.items()}
+    conversations = 1 if value.talk_ms != 0 else 0
+    if conversations or value.billable_seconds or value.amount:
+        started = Usage(
+            conversations=conversations, billable_seconds=value.billable_seconds, amount=value.amount
+        )
+        key = (contract_id, value.day)
+        rows[key] = rows[key] + started if key in rows else started
+    return rows
 
 
 def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -> Running:

@@ -89,7 +89,7 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
 -- The client's conversations that started in [$2, $3) ($3 NULL = open) with their resolution
 -- status when $4 (rerate sets it; recording does not need it) and their segments (arrays, in
 -- order).
-SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms,
+SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms, c.match_status,
        CASE WHEN $4 THEN (SELECT r.status FROM talkmeter.resolve(c.conversation_id, c.client_number) r) END
            AS status,
        s.starts, s.ends, s.holds, s.consultants
