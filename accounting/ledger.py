@@ -36,8 +36,8 @@ changes (a contract, its time zone, a number, an assignment), with the moment fr
 rating may differ (`pending_rerates`). `rerate` takes each queued client in one transaction under
 its lock: it re-attributes the client's conversations from that moment (a conversation another
 client now owns is released, and that client queued), then re-rates all its contracts from the
-frontier of that moment on, in windows of about a week that end where no conversation
-straddles, each rated from the running state the previous window left. It reads the affected
+frontier of that moment on, in windows of about WINDOW conversations that end where no
+conversation straddles, each rated from the running state the previous window left. It reads the affected
 range only and holds one window in memory. `rerate --full` queues every client from its first
 conversation. Recordings of a client wait while it is re-rated.
 
