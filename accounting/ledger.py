@@ -177,7 +177,10 @@ async def _settle(
     current = await store.load_current(
         conn, client.client_id, ids, front, None if cut is None else max(cut, end_of_day)
     )
-    days, totals = await store.load_usage(conn, client.client_id, ids, day - timedelta(days=7))
+    # The running days the rating and the changes need: a week before the frontier's day up to a
+    # little past the window (a recording's window is open; a rerate's days beyond are summed).
+    last_day = None if cut is None else local_date(to_ms(cut), zone) + timedelta(days=2)
+    days, totals = await store.load_usage(conn, client.client_id, ids, day - timedelta(days=7), last_day)
     prior = {
         contract_id: prior_usage(
             contract_id,
@@ -199,9 +202,12 @@ async def _settle(
         if (key := (posting.conversation_id, posting.contract_id)) in posted
         for day in (*posted[key].days, posted[key].day)
     ]
-    if touched and min(touched) < day - timedelta(days=7):
-        # A key dated far from its start (the client's time zone changed): read those days too.
-        days, _ = await store.load_usage(conn, client.client_id, ids, min(touched))
+    if touched and (
+        min(touched) < day - timedelta(days=7) or (last_day is not None and max(touched) > last_day)
+    ):
+        # A key dated far from its start (the client's time zone changed), or a conversation
+        # longer than a day: read the days it touches too.
+        days, _ = await store.load_usage(conn, client.client_id, ids, min(touched), max(touched))
     changes = plan_usage(
         (
             (posting.contract_id, posted.get((posting.conversation_id, posting.contract_id)), posting.current)
@@ -288,7 +294,7 @@ async def _rerate_from(
         front = first
     postings = 0
     while True:
-        loaded, cut = await _window(conn, client_id, front)
+        loaded, cut = await _window(conn, client_id, front, reattribute)
         settlement = await _settle(conn, client, contracts, contracts, front, loaded.talks, cut, "rerate")
         statuses = _statuses(loaded.statuses, settlement.uncovered)
         await store.set_match_statuses(
@@ -301,14 +307,14 @@ async def _rerate_from(
 
 
 async def _window(
-    conn: asyncpg.Connection, client_id: str, front: datetime
+    conn: asyncpg.Connection, client_id: str, front: datetime, reattribute: bool
 ) -> tuple[store.ClientTalks, datetime | None]:
     """The client's conversations from the frontier `front` up to the next frontier after about
-    WINDOW of them (None when they reach the end)."""
+    WINDOW of them (None when they reach the end), resolved again when `reattribute`."""
     count = WINDOW
     while True:
         end = await store.nth_start(conn, client_id, front, count)
-        loaded = await store.load_talks(conn, client_id, front, end, statuses=True)
+        loaded = await store.load_talks(conn, client_id, front, end, resolve=reattribute)
         following = None if end is None else await store.next_start(conn, client_id, end)
         if following is None:
             return loaded, None

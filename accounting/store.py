@@ -131,7 +131,7 @@ def _utc_midnight(day: date) -> datetime:
 class ClientTalks:
     talks: list[Talk]
     statuses: dict[str, str]
-    """Each conversation's resolution status (matched, assigned, ...), when asked for."""
+    """The status each conversation should have if a contract covers it (matched, assigned, ...)."""
     stored: dict[str, str]
     """Each conversation's match_status as stored now."""
     ends_ms: dict[str, int]
@@ -144,11 +144,12 @@ class PrunedConversation(Exception):
 
 
 async def load_talks(
-    conn: asyncpg.Connection, client_id: str, since: datetime, until: datetime | None, statuses: bool = False
+    conn: asyncpg.Connection, client_id: str, since: datetime, until: datetime | None, resolve: bool = False
 ) -> ClientTalks:
-    """The client's conversations started in [since, until) (with their resolution statuses when
-    asked; empty otherwise); `PrunedConversation` when one of them talked but its segments are gone."""
-    rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until, statuses)
+    """The client's conversations started in [since, until) and the status each should have
+    (resolved again with `resolve`); `PrunedConversation` when one of them talked but its segments
+    are gone."""
+    rows = await conn.fetch(QUERIES["client_conversations"], client_id, since, until, resolve)
     talks = [
         Talk(
             row["conversation_id"],
@@ -176,7 +177,7 @@ async def load_talks(
             )
     return ClientTalks(
         talks,
-        {row["conversation_id"]: row["status"] for row in rows if statuses},
+        {row["conversation_id"]: row["status"] for row in rows},
         {row["conversation_id"]: row["match_status"] for row in rows},
         {row["conversation_id"]: to_ms(row["ended_at"]) for row in rows},
     )
@@ -264,12 +265,17 @@ def _counts(values: list[int]) -> DayCounts:
 
 
 async def load_usage(
-    conn: asyncpg.Connection, client_id: str, contract_ids: Sequence[str], from_day: date
+    conn: asyncpg.Connection,
+    client_id: str,
+    contract_ids: Sequence[str],
+    from_day: date,
+    to_day: date | None = None,
 ) -> tuple[dict[DayKey, Usage], dict[str, Usage]]:
-    """The running state of the contracts: their days from `from_day` on, and their totals."""
+    """The running state of the contracts: their days from `from_day` to `to_day` (None: the last),
+    and their totals less what the days after `to_day` used."""
     days: dict[DayKey, Usage] = {}
     totals: dict[str, Usage] = {}
-    for row in await conn.fetch(QUERIES["usage"], client_id, list(contract_ids), from_day):
+    for row in await conn.fetch(QUERIES["usage"], client_id, list(contract_ids), from_day, to_day):
         if row["day"] is None:
             totals[row["contract_id"]] = _usage(row)
         else:

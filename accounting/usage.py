@@ -224,7 +224,8 @@ def prior_usage(
     """What the contract's conversations started before a rating frontier consumed.
 
     `frontier_day` is the client-local day of the frontier; `days` the contract's running days
-    from a week before it on (all of them); `total` its running total; `later` the current values
+    from a week before it on (up to any day after it); `total` its running total less what the
+    days after the last of `days` used; `later` the current values
     of its keys whose conversations started at or after the frontier: at least all of those that
     started on the frontier's day. Conversations before the frontier all ended before it (that is
     what a frontier is), so they used nothing after its day, and on its day they used what the

@@ -33,6 +33,9 @@ CREATE INDEX conversations_number ON talkmeter.conversations (client_number, sta
 CREATE INDEX conversations_unmatched ON talkmeter.conversations (started_at)
     WHERE match_status IN ('withheld', 'unknown', 'ambiguous', 'no_contract') AND talk_ms > 0;
 CREATE INDEX conversation_assignments_client ON talkmeter.conversation_assignments (client_id);
+-- The frontier reads (client_id, ended_at) and wants started_at: from the index alone.
+DROP INDEX talkmeter.conversations_client_end;
+CREATE INDEX conversations_client_end ON talkmeter.conversations (client_id, ended_at) INCLUDE (started_at);
 
 -- ===== The day of a line ======================================================================
 -- line_quality counts days in the partner's zone (settings.line_timezone). Each conversation

@@ -86,12 +86,13 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
  ORDER BY contract_id;
 
 -- name: client_conversations
--- The client's conversations that started in [$2, $3) ($3 NULL = open) with their resolution
--- status when $4 (rerate sets it; recording does not need it) and their segments (arrays, in
--- order).
+-- The client's conversations that started in [$2, $3) ($3 NULL = open) with their segments
+-- (arrays, in order) and the status each should have: resolved again when $4 (numbers or
+-- assignments changed) or when it had no contract, else the stored one.
 SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms, c.match_status,
-       CASE WHEN $4 THEN (SELECT r.status FROM talkmeter.resolve(c.conversation_id, c.client_number) r) END
-           AS status,
+       CASE WHEN $4 OR c.match_status = 'no_contract'
+            THEN (SELECT r.status FROM talkmeter.resolve(c.conversation_id, c.client_number) r)
+            ELSE c.match_status END AS status,
        s.starts, s.ends, s.holds, s.consultants
   FROM talkmeter.conversations c
  CROSS JOIN LATERAL (
@@ -143,14 +144,28 @@ SELECT conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded
    AND started_at < COALESCE($4::timestamptz, 'infinity');
 
 -- name: usage
--- The running state of contracts $2: their days from $3 on, and their totals (day NULL).
+-- The running state of contracts $2: their days from $3 to $4 ($4 NULL: to the last), and their
+-- totals less what the days after $4 used (day NULL), summed here rather than sent.
 SELECT contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
   FROM talkmeter.usage_days
- WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day >= $3
+ WHERE client_id = $1 AND contract_id = ANY($2::text[])
+   AND day >= $3 AND day <= COALESCE($4::date, 'infinity')
 UNION ALL
-SELECT contract_id, NULL, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount
-  FROM talkmeter.usage_totals
- WHERE client_id = $1 AND contract_id = ANY($2::text[]);
+SELECT t.contract_id, NULL,
+       t.talk_ms - COALESCE(a.talk_ms, 0), t.free_ms - COALESCE(a.free_ms, 0),
+       t.prepaid_ms - COALESCE(a.prepaid_ms, 0), t.paid_ms - COALESCE(a.paid_ms, 0),
+       t.conversations - COALESCE(a.conversations, 0), t.billable_seconds - COALESCE(a.billable_seconds, 0),
+       t.amount - COALESCE(a.amount, 0)
+  FROM talkmeter.usage_totals t
+  LEFT JOIN LATERAL (
+        SELECT sum(d.talk_ms)::bigint AS talk_ms, sum(d.free_ms)::bigint AS free_ms,
+               sum(d.prepaid_ms)::bigint AS prepaid_ms, sum(d.paid_ms)::bigint AS paid_ms,
+               sum(d.conversations)::bigint AS conversations,
+               sum(d.billable_seconds)::bigint AS billable_seconds, sum(d.amount) AS amount
+          FROM talkmeter.usage_days d
+         WHERE d.client_id = t.client_id AND d.contract_id = t.contract_id
+           AND d.day > COALESCE($4::date, 'infinity')) a ON true
+ WHERE t.client_id = $1 AND t.contract_id = ANY($2::text[]);
 
 -- name: post
 -- Appends one client's ledger rows ($3-$18, in that order: a key gets at most one row per call),
