@@ -778,7 +778,8 @@ async def measure_rerate(dsn: str, firm: Firm, big: bool) -> None:
         if big:
             async with pool.acquire() as conn:
                 await conn.execute(
-                    "UPDATE talkmeter.contracts SET rate_per_minute = 3 WHERE contract_id = 'bench-kbig'"
+                    "UPDATE talkmeter.contracts SET rate_per_minute = rate_per_minute + 1 "
+                    "WHERE contract_id = 'bench-kbig'"
                 )
             await timed_rerate(pool, "bench-big", "new rate: the whole history")
 
