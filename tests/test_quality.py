@@ -21,6 +21,7 @@ PURE_MODULES = [
     "accounting.contracts",
     "accounting.conversations",
     "accounting.postings",
+    "accounting.usage",
 ]
 FORBIDDEN = ["asyncio", "asyncpg", "panoramisk", "socket", "structlog"]
 
