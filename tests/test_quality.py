@@ -22,6 +22,7 @@ PURE_MODULES = [
     "accounting.conversations",
     "accounting.postings",
     "accounting.usage",
+    "accounting.quota",
 ]
 FORBIDDEN = ["asyncio", "asyncpg", "panoramisk", "socket", "structlog"]
 
