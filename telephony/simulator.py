@@ -27,6 +27,10 @@ While replaying, the simulator keeps the channels and bridges that exist at the 
 by a BridgeLeave/BridgeEnter per moved channel in the recorded streams), so `CoreShowChannels`
 and `BridgeList` answer, as Asterisk does, with an event list describing the present.
 
+`UserEvent` actions are answered as Asterisk answers them (`Event Sent`, then an `Event: UserEvent`
+to every logged-in client, the action's other headers in its body) and kept in `user_events`, so
+tests can see what a PBX-side panel would receive.
+
 Faults on cue, for the connection tests: drop every connection (`drop_now`, `drop_after`, markers),
 stall (stop sending and stop answering, TCP left open: a half-open link), refuse logins, refuse
 chosen actions (`deny_actions`, answered `Permission denied`), split writes at chosen byte
@@ -406,6 +410,8 @@ class AmiSimulator:
         # observations, for tests
         self.login_attempts: list[float] = []
         self.actions: list[bytes] = []
+        self.user_events: list[dict[str, str]] = []  # headers as sent, case kept, Action dropped
+        self.user_event_received = asyncio.Event()
         self.sent_events = 0
         self.state = PbxState()
         self.finished = asyncio.Event()
@@ -673,6 +679,8 @@ class AmiSimulator:
             self._send_endpoints(client, action_id, "PJSIP")
         elif action == "sippeers" and "SIP" in self.endpoints:
             self._send_endpoints(client, action_id, "SIP")
+        elif action == "userevent":
+            self._user_event(client, frame, action_id)
         else:
             name = headers.get("action", "")
             message = f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
@@ -698,6 +706,26 @@ class AmiSimulator:
             self._grace = asyncio.get_running_loop().call_later(self.ready_grace, self._set_ready, True)
         if self.start_on_login:
             self.start_replay()
+
+    def _user_event(self, client: _Client, frame: bytes, action_id: str) -> None:
+        # As manager.c's action_userevent: acknowledge, then send every header but Action and
+        # UserEvent (ActionID included) after `UserEvent: <name>` to the sessions that read it.
+        headers = [
+            (key.strip(), value.strip())
+            for key, sep, value in (
+                line.partition(":") for line in frame.decode("utf-8", "replace").split("\r\n")
+            )
+            if sep and key.strip().lower() != "action"
+        ]
+        self.user_events.append(dict(headers))
+        self.user_event_received.set()
+        client.write(_response("Success", action_id, "Event Sent"))
+        name = next((value for key, value in headers if key.lower() == "userevent"), "")
+        body = [(key, value) for key, value in headers if key.lower() != "userevent"]
+        event = _frame([("Event", "UserEvent"), ("Privilege", "user,all"), ("UserEvent", name), *body])
+        for receiver in self._clients:
+            if receiver.logged_in:
+                receiver.write(event)
 
     def _send_list(
         self, client: _Client, action_id: str, complete: str, message: str, items: list[bytes]

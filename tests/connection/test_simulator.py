@@ -74,6 +74,31 @@ async def test_banner_login_ping_logoff() -> None:
             assert await client.reader.read() == b""  # and the server closes
 
 
+async def test_user_event_is_acknowledged_broadcast_and_recorded() -> None:
+    """As Asterisk's manager.c: `Event Sent`, then the event to every session, ActionID in its body."""
+    async with AmiSimulator(simple_trace([]), secret=SECRET) as sim:
+        async for client in connect(sim):
+            await client.reader.readline()
+            await client.login()
+            await client.read_until("FullyBooted")
+            await client.send(
+                Action="UserEvent", ActionID="u1", UserEvent="TalkmeterQuota", Client="romashka"
+            )
+            ack = await client.read()
+            assert (ack["Response"], ack["ActionID"], ack["Message"]) == ("Success", "u1", "Event Sent")
+            event = await client.read()
+            assert (event["Event"], event["UserEvent"], event["Client"]) == (
+                "UserEvent",
+                "TalkmeterQuota",
+                "romashka",
+            )
+            assert event["ActionID"] == "u1"
+            sim.deny_actions.add("UserEvent")  # a manager.conf without `write = user`
+            await client.send(Action="UserEvent", ActionID="u2", UserEvent="TalkmeterQuota")
+            assert (await client.read())["Message"] == "Permission denied"
+    assert sim.user_events == [{"ActionID": "u1", "UserEvent": "TalkmeterQuota", "Client": "romashka"}]
+
+
 async def test_wrong_secret_is_refused_and_the_connection_closed() -> None:
     async with AmiSimulator(simple_trace([]), secret=SECRET) as sim:
         async for client in connect(sim):
