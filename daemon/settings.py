@@ -4,12 +4,14 @@ Precedence, highest first: explicit overrides from the command line, environment
 the TOML file given with `--config` (or `TALKMETER_CONFIG`), defaults.
 Secrets are `SecretStr` so that they print as `**********` in logs and reprs; the AMI secret may
 also come from a file (`ami_secret_file`, for systemd credentials), never from the command line.
+Nested settings (the `[alerts]` table) are set from the environment with `__` between the keys.
 
 Every mistake a person can make here is a `ConfigError`: one line that names the setting, where
 its value came from (file, environment, command line) and what to do; the CLI prints it and exits
 with code 2. Values are checked when the settings are loaded (ports, log level, backoff order,
 region, the database URL's shape); the secret file is read only by the commands that need it.
-Error messages never contain a secret: not the AMI secret, not the database URL.
+Error messages never contain a secret: not the AMI secret, not the database URL, not the alert
+sinks' tokens, passwords or headers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import phonenumbers
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.alerts.settings import AlertSettings
 from telephony.calls import CallTracker
 from telephony.roles import DEFAULT_CONSULTANTS, DEFAULT_IGNORED, DEFAULT_TRUNKS, ChannelRoles
 
@@ -47,7 +50,7 @@ _PBX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_nested_delimiter="__")
     #: the TOML file's values; `load_settings` sets them on a subclass made for one call
     file_values: ClassVar[dict[str, Any]] = {}
 
@@ -79,6 +82,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     metrics_port: int | None = Field(None, ge=0, le=65535)  # 0: any free port (tests)
     metrics_host: str = "127.0.0.1"
+    # Live quota alerts and call-start notices (daemon/alerts/settings.py)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -303,9 +308,18 @@ def describe(error: ValidationError, sources: dict[str, Source]) -> str:
         if item["type"] == "extra_forbidden":
             problems.append(f"{setting} {where} is not a talkmeter setting (check its spelling)")
             continue
-        shown = "" if setting in SECRET_SETTINGS else _shown(item.get("input"))
+        shown = "" if _is_secret(setting) else _shown(item.get("input"))
         problems.append(f"{setting}{shown} {where}: {message}")
     return "invalid configuration: " + "; ".join(problems)
+
+
+def _is_secret(setting: str) -> bool:
+    """The AMI secret, the database URL, and any nested setting that names a secret (the alert
+    sinks' bot_token, password, headers)."""
+    leaf = setting.split(".")
+    return setting in SECRET_SETTINGS or any(
+        word in part for part in leaf for word in ("token", "password", "secret", "headers")
+    )
 
 
 def _shown(value: object) -> str:
