@@ -259,6 +259,20 @@ class CallTracker:
     def open_conversations(self) -> list[Conversation]:
         return [track.conversation for track in self._tracks.values()]
 
+    def consultant_channels(self, conversation_id: str) -> tuple[str, ...]:
+        """The channels of the consultants the conversation's client is connected to now (oldest
+        first), or of the consultant holding it: where a PBX-side notice about the call belongs."""
+        uniqueid = conversation_id.removeprefix(f"{self.pbx}:")
+        track = self._tracks.get(uniqueid) if uniqueid != conversation_id else None
+        if track is None:
+            return ()
+        client = self._channels.get(uniqueid)
+        connected = self._consultant_channels(client) if client is not None else []
+        if connected:
+            return tuple(channel.name for channel in connected)
+        holder = self._channels.get(track.hold.by_uniqueid) if track.hold is not None else None
+        return (holder.name,) if holder is not None and holder.role is Role.CONSULTANT else ()
+
     def feed(self, message: Message, received_at: float) -> list[Effect]:
         """Apply one AMI message; return what it caused, in order."""
         handler = self._handlers.get(message.event or "")
@@ -712,15 +726,21 @@ class CallTracker:
         return {channel.uniqueid for channel in self._component(touched) if channel.uniqueid in self._tracks}
 
     def _consultants_of(self, client: _Channel) -> tuple[str, ...]:
+        return tuple(
+            dict.fromkeys(endpoint_name(channel.name) for channel in self._consultant_channels(client))
+        )
+
+    def _consultant_channels(self, client: _Channel) -> list[_Channel]:
+        """The Up consultant channels the client is connected to, oldest first."""
         if not client.up:
-            return ()
+            return []
         found = [
             channel
             for channel in self._component([client.uniqueid])
             if channel.role is Role.CONSULTANT and channel.up
         ]
         found.sort(key=lambda channel: channel.created_at)
-        return tuple(dict.fromkeys(endpoint_name(channel.name) for channel in found))
+        return found
 
     def _talking_with(self, client_uniqueid: str) -> bool:
         track = self._tracks.get(client_uniqueid)

@@ -644,3 +644,22 @@ def test_failed_attended_transfer_returns_the_client_to_the_first_consultant() -
     conversation = one(pbx.events)
     assert shape(conversation) == [("101", 3.0, False), ("101", 15.0, True), ("101", 4.0, False)]
     assert conversation.consultants == ["101"]
+
+
+def test_consultant_channels_of_a_conversation_follow_the_call() -> None:
+    """Where a PBX-side quota notice belongs: the consultants talking to the client, or holding it."""
+    pbx = Pbx()
+    tracker = CallTracker(pbx="msk")
+    client, agent, bridge = answered_by_101(pbx)
+    for message in pbx.events:
+        tracker.feed(message, received_at=0.0)
+    conversation_id = f"msk:{client.uniqueid}"  # type: ignore[attr-defined]
+    assert tracker.consultant_channels(conversation_id) == ("PJSIP/101-00000002",)
+    pbx.events.clear()
+    pbx.hold(agent)  # type: ignore[arg-type]
+    pbx.leave(bridge, agent)  # type: ignore[arg-type]  # consulting a colleague: the client waits on hold
+    for message in pbx.events:
+        tracker.feed(message, received_at=0.0)
+    assert tracker.consultant_channels(conversation_id) == ("PJSIP/101-00000002",)
+    assert tracker.consultant_channels("msk:no-such-call") == ()
+    assert tracker.consultant_channels(f"other:{client.uniqueid}") == ()  # type: ignore[attr-defined]
