@@ -208,6 +208,11 @@ def alert_keys(contract: Contract, day: date) -> list[AlertKey]:
     return keys
 
 
+def is_term(contract: Contract, key: AlertKey) -> bool:
+    """Whether the alert's period is the contract's term (else it is one local day)."""
+    return key.kind == "prepaid" or (key.kind == "overrun" and not contract.free_daily_ms)
+
+
 def threshold_ms(contract: Contract, key: AlertKey) -> int:
     """The amount of the measured time at which a percentage is reached (rounded up)."""
     whole = (contract.free_daily_ms if key.kind == "daily" else contract.prepaid_ms) or 0

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from accounting.contracts import Contract
-from accounting.quota import AlertKey, Standing
+from accounting.quota import AlertKey, Standing, is_term
 
 Language = Literal["ru", "en"]
 NotificationType = Literal["quota.alert", "call.started"]
@@ -103,7 +103,7 @@ def _alert(n: Notification) -> dict[str, Any] | None:
     if n.key is None:
         return None
     key = n.key
-    term = key.kind == "prepaid" or (key.kind == "overrun" and not (n.contract and n.contract.free_daily_ms))
+    term = key.kind == "prepaid" if n.contract is None else is_term(n.contract, key)
     end = n.contract.valid_to if term and n.contract is not None else key.period_start
     return {
         "kind": key.kind,

@@ -100,10 +100,10 @@ class HttpReceiver:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._handlers.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+            self._handlers.discard(task)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request | None:

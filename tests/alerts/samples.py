@@ -69,5 +69,10 @@ def alert(notification_id: int = 17, percent: int = 80) -> Notification:
 
 
 def call_started(notification_id: int = 18) -> Notification:
-    return replace(alert(notification_id), type="call.started", key=None, crossed_at=None,
-                   call=replace(CALL, consultants=(), consultant_channels=()))  # fmt: skip
+    return replace(
+        alert(notification_id),
+        type="call.started",
+        key=None,
+        crossed_at=None,
+        call=replace(CALL, consultants=(), consultant_channels=()),
+    )
