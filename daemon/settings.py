@@ -162,6 +162,13 @@ class Settings(BaseSettings):
             return read_secret_file(self.ami_secret_file)
         raise ConfigError("no AMI secret: set TALKMETER_AMI_SECRET or TALKMETER_AMI_SECRET_FILE")
 
+    def check_alert_secrets(self) -> None:
+        """The alert sinks' secret files can be read (a `ConfigError` naming the file if not)."""
+        try:
+            self.alerts.read_secrets()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
     def dsn(self) -> str:
         if self.database_url is None:
             raise ConfigError("no database: set TALKMETER_DATABASE_URL (or database_url in the config file)")

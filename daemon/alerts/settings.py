@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -67,7 +68,7 @@ class TelegramSettings(_Section):
         return self
 
     def token(self) -> str:
-        return _secret(self.bot_token, self.bot_token_file)
+        return _secret(self.bot_token, self.bot_token_file, "alerts.telegram.bot_token_file")
 
 
 class EmailSettings(_Section):
@@ -93,7 +94,7 @@ class EmailSettings(_Section):
     def smtp_password(self) -> str | None:
         if self.password is None and self.password_file is None:
             return None
-        return _secret(self.password, self.password_file)
+        return _secret(self.password, self.password_file, "alerts.email.password_file")
 
 
 class AmiEventSettings(_Section):
@@ -116,9 +117,44 @@ class AlertSettings(_Section):
     email: EmailSettings | None = None
     ami: AmiEventSettings = Field(default_factory=AmiEventSettings)
 
+    def read_secrets(self) -> None:
+        """Read the secret files now (ValueError saying which and why), so that a missing one is
+        an error when the service starts, not when the first alert is sent."""
+        if self.telegram is not None:
+            self.telegram.token()
+        if self.email is not None:
+            self.email.smtp_password()
 
-def _secret(value: SecretStr | None, file: Path | None) -> str:
+    def summary(self) -> dict[str, object]:
+        """What is configured, without secrets (for `check-config`): receivers by host only, as
+        a webhook's path or query may itself be a token."""
+        shown: dict[str, object] = {
+            "enabled": self.enabled,
+            "language": self.language,
+            "call_start_notices": self.call_start_notices,
+            "pg_notify": self.pg_notify,
+        }
+        if self.webhook is not None:
+            shown["webhook"] = urlsplit(self.webhook.url).netloc.rpartition("@")[2]
+        if self.telegram is not None:
+            shown["telegram"] = {"base_url": self.telegram.base_url, "chat_ids": self.telegram.chat_ids}
+        if self.email is not None:
+            mail = self.email
+            shown["email"] = {"host": mail.host, "port": mail.smtp_port(), "security": mail.security,
+                              "recipients": mail.recipients}  # fmt: skip
+        shown["ami"] = self.ami.enabled
+        return shown
+
+
+def _secret(value: SecretStr | None, file: Path | None, name: str) -> str:
     if value is not None:
         return value.get_secret_value()
     assert file is not None
-    return file.read_text(encoding="utf-8").strip()
+    try:
+        secret = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ValueError(f"{name} {file} cannot be read: {reason}") from None
+    if not secret:
+        raise ValueError(f"{name} {file} is empty")
+    return secret

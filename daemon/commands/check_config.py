@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accounting.reports import fixed_width
+from daemon.alerts.settings import AlertSettings
 from daemon.settings import MASK, SECRET_SETTINGS, Loaded, load_with_sources, masked_dsn
 
 
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     settings = loaded.settings
     settings.ami_password()
     settings.dsn()
+    settings.check_alert_secrets()
     print("configuration is valid for `talkmeter run` (nothing was connected to)")
     return 0
 
@@ -58,4 +60,6 @@ def shown_value(name: str, value: Any) -> str:
         return masked_dsn(secret) if name == "database_url" else MASK
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, AlertSettings):
+        return json.dumps(value.summary(), ensure_ascii=False)
     return json.dumps(value, ensure_ascii=False)

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     settings.ami_password()  # a missing secret or database is a clear error now, not a loop later
     settings.dsn()
+    settings.check_alert_secrets()
     configure_logging(settings.log_level)
     try:
         asyncio.run(_run_or_exit(settings))

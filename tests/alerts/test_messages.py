@@ -11,6 +11,7 @@ import pytest
 from accounting.quota import AlertKey
 from daemon.alerts.messages import Notification, duration, payload, subject, text
 from daemon.alerts.sinks import sinks_from_settings
+from daemon.cli import main
 from daemon.settings import ConfigError, load_settings
 
 from .samples import CONTRACT, STANDING, alert, call_started
@@ -170,3 +171,42 @@ def test_bad_alert_settings_are_one_clear_error(tmp_path: Path, toml: str, messa
     config.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_settings(config)
+
+
+def test_check_config_shows_the_alerts_without_secrets_and_checks_their_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "msk.toml"
+    missing = tmp_path / "no-such-token"
+    config.write_text(f"""
+[alerts.webhook]
+url = "https://user:pw@hooks.example/T000/B000/hook-secret-path"
+[alerts.telegram]
+bot_token_file = "{missing}"
+chat_ids = ["-1001"]
+[alerts.email]
+host = "smtp.example"
+sender = "t@example.ru"
+recipients = ["m@example.ru"]
+password = "mail-secret"
+""")
+    monkeypatch.setenv("TALKMETER_AMI_SECRET", "ami-secret")
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", "postgresql://u@db.example/tm")
+    assert main(["check-config", "--config", str(config)]) == 2
+    captured = capsys.readouterr()
+    (alerts_row,) = [line for line in captured.out.splitlines() if line.startswith("alerts ")]
+    assert '"webhook": "hooks.example"' in alerts_row and '"chat_ids": ["-1001"]' in alerts_row
+    for secret in ("hook-secret-path", "pw@", "mail-secret"):
+        assert secret not in captured.out + captured.err
+    assert (
+        captured.err
+        == f"talkmeter: alerts.telegram.bot_token_file {missing} cannot be read: No such file or directory\n"
+    )
+
+
+def test_a_bad_nested_secret_is_never_repeated_in_the_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[alerts.telegram]\nbot_token = 12345\nchat_ids = ["1"]\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(config)
+    assert "alerts.telegram.bot_token" in str(error.value) and "12345" not in str(error.value)
