@@ -10,8 +10,9 @@ a mailbox. Seconds are exact to the millisecond in the payload and `h:mm:ss` in 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from accounting.contracts import Contract
@@ -152,6 +153,7 @@ def left(standing: Standing) -> dict[str, Any]:
     week_left = None if s.free_days_per_week is None else max(0, s.free_days_per_week - s.free_days_used)
     return {
         "day": s.day.isoformat(),
+        "counted_today_seconds": _seconds(s.counted_today_ms),
         "free_daily_seconds": _seconds(s.free_cap_ms),
         "free_used_seconds": _seconds(s.free_used_ms),
         "free_left_seconds": _seconds(s.free_left_ms),
@@ -346,3 +348,65 @@ _RU = {
     "subject_prepaid": "{percent}% предоплаченного пакета",
     "subject_overrun": "началось платное время",
 }
+
+
+# --- back from the payload (deliveries pending after a restart) -------------------------------------
+
+
+def from_payload(data: Mapping[str, Any], key: AlertKey | None, contract: Contract | None) -> Notification:
+    """The notification a stored payload was made from (with the contract as it is now)."""
+    client, call, figures = data.get("client"), data.get("call"), data.get("left")
+    alert = data.get("alert") or {}
+    return Notification(
+        type=data["type"],
+        decided_at=_moment(data["decided_at"]) or 0.0,
+        pbx=data["pbx"],
+        match=data["match"],
+        call=None
+        if call is None
+        else CallInfo(
+            conversation_id=call["conversation_id"],
+            pbx=data["pbx"],
+            channel=call["channel"],
+            direction=call["direction"],
+            client_number=call["client_number"],
+            client_number_raw=call["client_number_raw"],
+            line=call["line"],
+            started_at=_moment(call["started_at"]) or 0.0,
+            consultants=tuple(call["consultants"]),
+            consultant_channels=tuple(call["consultant_channels"]),
+            ended=not call["in_progress"],
+        ),
+        client=None if client is None else ClientInfo(client["id"], client["name"], client["timezone"]),
+        contract=contract,
+        standing=None if figures is None else _standing(figures),
+        key=key,
+        crossed_at=_moment(alert.get("crossed_at")),
+        candidates=tuple(data.get("candidates") or ()),
+        notification_id=data.get("id"),
+    )
+
+
+def _moment(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text).timestamp()
+
+
+def _standing(figures: Mapping[str, Any]) -> Standing:
+    def ms(name: str) -> int | None:
+        value = figures.get(name)
+        return None if value is None else round(value * 1000)
+
+    return Standing(
+        day=date.fromisoformat(figures["day"]),
+        counted_today_ms=ms("counted_today_seconds") or 0,
+        free_cap_ms=ms("free_daily_seconds"),
+        free_used_ms=ms("free_used_seconds") or 0,
+        free_left_ms=ms("free_left_seconds") or 0,
+        free_days_per_week=figures["free_days_per_week"],
+        free_days_used=figures["free_days_used"],
+        prepaid_ms=ms("prepaid_seconds"),
+        prepaid_used_ms=ms("prepaid_used_seconds") or 0,
+        prepaid_left_ms=ms("prepaid_left_seconds") or 0,
+        paid_ms=ms("paid_seconds") or 0,
+        paid_now=figures["paid_now"],
+    )

@@ -1,0 +1,105 @@
+-- The queries of live quota alerts (daemon/alerts/store.py), under `-- name: …` headers like
+-- queries.sql. Usage is read from the ledger's running state (usage_days, usage_totals), never
+-- summed from the ledger.
+
+-- name: clients_with_number
+SELECT client_id FROM talkmeter.client_numbers WHERE number = $1 ORDER BY client_id;
+
+-- name: settled_days
+-- What recorded conversations consumed per client-local day, for the contracts and days asked.
+SELECT contract_id, day, free_ms, prepaid_ms, paid_ms
+  FROM talkmeter.usage_days
+ WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day BETWEEN $3 AND $4;
+
+-- name: settled_totals
+SELECT contract_id, prepaid_ms, paid_ms
+  FROM talkmeter.usage_totals
+ WHERE client_id = $1 AND contract_id = ANY($2::text[]);
+
+-- name: raised_alerts
+-- Alerts already claimed for the contracts, in the days from $3 on or in the terms starting $4.
+SELECT contract_id, kind, percent, period_start
+  FROM talkmeter.notifications
+ WHERE type = 'quota.alert' AND client_id = $1 AND contract_id = ANY($2::text[])
+   AND (period_start >= $3 OR period_start = ANY($4::date[]));
+
+-- name: recorded_among
+SELECT conversation_id FROM talkmeter.conversations WHERE conversation_id = ANY($1::text[]);
+
+-- name: claim_alert
+-- The decision's row: nothing (NULL) when this alert of this period was already claimed.
+INSERT INTO talkmeter.notifications (
+    type, client_id, contract_id, kind, percent, period_start, period_end, match, conversation_id,
+    pbx, crossed_at, decided_at, payload)
+VALUES ('quota.alert', $1, $2, $3, $4, $5, $6, 'matched', $7, $8, $9, $10, $11::jsonb)
+ON CONFLICT (client_id, contract_id, kind, percent, period_start) WHERE type = 'quota.alert' DO NOTHING
+RETURNING notification_id;
+
+-- name: claim_notice
+INSERT INTO talkmeter.notifications (
+    type, client_id, contract_id, match, conversation_id, pbx, decided_at, payload)
+VALUES ('call.started', $1, $2, $3, $4, $5, $6, $7::jsonb)
+ON CONFLICT (conversation_id) WHERE type = 'call.started' DO NOTHING
+RETURNING notification_id;
+
+-- name: add_deliveries
+-- One pending row per sink; NOTIFY is sent in the claiming transaction, so its row is sent.
+INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
+SELECT $1, sink,
+       CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
+       CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
+       CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
+       CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
+  FROM unnest($2::text[]) AS sink;
+
+-- name: notify_alert
+SELECT pg_notify('talkmeter_alerts', $1);
+
+-- name: delivery_attempted
+UPDATE talkmeter.notification_deliveries
+   SET state = $3, attempts = $4, last_error = $5, last_attempt_at = clock_timestamp(),
+       sent_at = CASE WHEN $3 = 'sent' THEN clock_timestamp() END
+ WHERE notification_id = $1 AND sink = $2;
+
+-- name: pending_deliveries
+-- What this daemon claimed and has not delivered yet (after a restart, it goes on).
+SELECT n.notification_id, n.contract_id, n.kind, n.percent, n.period_start, n.payload,
+       array_agg(d.sink ORDER BY d.sink) AS sinks, array_agg(d.attempts ORDER BY d.sink) AS attempts
+  FROM talkmeter.notifications n
+  JOIN talkmeter.notification_deliveries d USING (notification_id)
+ WHERE n.pbx = $1 AND d.state = 'pending'
+ GROUP BY n.notification_id
+ ORDER BY n.notification_id;
+
+-- ===== live conversations (quota_now) =====
+
+-- name: put_live_conversations
+INSERT INTO talkmeter.live_conversations AS l (
+    conversation_id, pbx, client_id, contract_id, channel, client_number, consultants, started_at,
+    as_of, talk_ms, counted_ms, talking, counting, on_hold, ended, heartbeat_at)
+SELECT r.conversation_id, $1, r.client_id, r.contract_id, r.channel, r.client_number,
+       string_to_array(r.consultants, ','), r.started_at, r.as_of, r.talk_ms, r.counted_ms, r.talking,
+       r.counting, r.on_hold, r.ended, now()
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+              $9::timestamptz[], $10::bigint[], $11::bigint[], $12::boolean[], $13::boolean[],
+              $14::boolean[], $15::boolean[])
+       AS r(conversation_id, client_id, contract_id, channel, client_number, consultants, started_at,
+            as_of, talk_ms, counted_ms, talking, counting, on_hold, ended)
+ON CONFLICT (conversation_id) DO UPDATE
+   SET client_id = EXCLUDED.client_id, contract_id = EXCLUDED.contract_id,
+       client_number = EXCLUDED.client_number, consultants = EXCLUDED.consultants,
+       as_of = EXCLUDED.as_of, talk_ms = EXCLUDED.talk_ms, counted_ms = EXCLUDED.counted_ms,
+       talking = EXCLUDED.talking, counting = EXCLUDED.counting, on_hold = EXCLUDED.on_hold,
+       ended = EXCLUDED.ended, heartbeat_at = now();
+
+-- name: drop_live_conversations
+DELETE FROM talkmeter.live_conversations WHERE conversation_id = ANY($1::text[]);
+
+-- name: keep_live_conversations
+-- This daemon's rows: refresh the heartbeat of those still live, drop the others.
+WITH gone AS (
+    DELETE FROM talkmeter.live_conversations
+     WHERE pbx = $1 AND NOT (conversation_id = ANY($2::text[]))
+)
+UPDATE talkmeter.live_conversations SET heartbeat_at = now()
+ WHERE pbx = $1 AND conversation_id = ANY($2::text[]);
