@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "daemon.commands.check_config",
     "daemon.commands.run",
     "daemon.commands.accounting",
+    "daemon.commands.quota",
 )
 
 DESCRIPTION = """\

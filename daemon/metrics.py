@@ -17,7 +17,8 @@ and never touch prometheus_client themselves:
 
 Events dropped by kind are the exception: the framer drops most of the stream before decoding and
 counts in a plain dict, which is read only when Prometheus scrapes (`count_dropped`), so the hot
-path pays nothing for the metric. Alert counters will report here the same way.
+path pays nothing for the metric. The alerts (daemon/alerts) report what they raise and every
+delivery attempt, by sink and result.
 
 `MetricsServer` serves `/metrics` (prometheus_client's WSGI app: text or OpenMetrics, gzip) and
 `/healthz` from a daemon thread, bound to 127.0.0.1 unless configured. `/healthz` answers 200 while
@@ -45,6 +46,7 @@ from telephony.ami import LinkObserver
 STALL_SECONDS = 60.0
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ALERT_DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0)
 
 
 def talkmeter_version() -> str:
@@ -120,6 +122,27 @@ class Metrics:
             "how long the writer has had work without finishing any",
             registry=r,
         )
+        self.alerts_raised = Counter(
+            "talkmeter_alerts_raised",
+            "quota alerts this daemon claimed and sent, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.alert_delay = Histogram(
+            "talkmeter_alert_delay_seconds",
+            "from a threshold's crossing to the alert's decision, on the PBX's clock",
+            buckets=ALERT_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.call_notices = Counter(
+            "talkmeter_call_notices", "call-start notices sent, by match of the caller", ["match"], registry=r
+        )
+        self.alert_deliveries = Counter(
+            "talkmeter_alert_deliveries",
+            "attempts to deliver alerts and notices, by sink and result (sent, failed, given_up)",
+            ["sink", "result"],
+            registry=r,
+        )
         self._dropped: Mapping[bytes, int] = {}
         self._received: dict[str, Any] = {}
         r.register(_DroppedEvents(self))
@@ -177,6 +200,19 @@ class Metrics:
 
     def task_restarted(self, task: str, times: int = 1) -> None:
         self.restarts.labels(task).inc(times)
+
+    # the alerts (daemon.alerts.delivery.AlertObserver)
+
+    def alert_raised(self, kind: str, delay: float | None) -> None:
+        self.alerts_raised.labels(kind).inc()
+        if delay is not None:
+            self.alert_delay.observe(max(0.0, delay))
+
+    def notice_sent(self, match: str) -> None:
+        self.call_notices.labels(match).inc()
+
+    def alert_delivery(self, sink: str, result: str) -> None:
+        self.alert_deliveries.labels(sink, result).inc()
 
 
 class LinkMetrics(LinkObserver):

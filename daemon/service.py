@@ -13,6 +13,11 @@ Named, supervised tasks share one process (daemon.supervision):
   when the snapshot after login shows their channels. The file is replaced atomically and
   validated when read (bad records are quarantined).
 * `spool`: stands for the spool's disk; it dies when an append fails (disk full).
+* `alerts` and `alerts-board` (daemon.alerts, unless `[alerts] enabled = false`): live quota
+  alerts and call-start notices from the call model's effects, delivered to the configured sinks
+  in tasks of their own; and the conversations in progress written for `talkmeter.quota_now`.
+  The writer tells the alerts each conversation it commits, so crossings only known then are
+  alerted then. Nothing here ever waits for a sink.
 
 All disk I/O runs on one disk thread (daemon.journal), never on the loop that reads the PBX.
 
@@ -47,9 +52,10 @@ from typing import Any
 import asyncpg
 import structlog
 
-from accounting.ledger import RetryableStorageError, record_conversation
+from accounting.ledger import RecordResult, RetryableStorageError, record_conversation
 from accounting.migrate import SchemaError, check_schema
 from daemon import systemd
+from daemon.alerts.setup import build_engine
 from daemon.journal import DiskThread, Quarantine, encode, read_file, scan, write_atomically
 from daemon.live import OnEffect, Pipeline, stop_on_signals
 from daemon.metrics import STALL_SECONDS, HealthState, Metrics
@@ -58,6 +64,7 @@ from daemon.supervision import StopForced, TaskDied, cancel_within, first_death
 from daemon.writer import ConversationWriter, FatalStorageError, Spool
 from telephony.ami import AmiLink
 from telephony.calls import CallTracker, check_checkpoint
+from telephony.effects import Effect
 
 log = structlog.get_logger("daemon.service")
 
@@ -83,17 +90,21 @@ class Database:
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
 
-    async def record(self, conversation: dict[str, Any]) -> None:
+    async def record(self, conversation: dict[str, Any]) -> RecordResult:
         pool = await self._connect()
         try:
             async with asyncio.timeout(self._timeout):
-                await record_conversation(pool, conversation)
+                return await record_conversation(pool, conversation)
         except (TimeoutError, RetryableStorageError) as error:
             if _timed_out(error):
                 log.warning("database.stalled", waited=self._timeout,
                             hint="no answer from PostgreSQL: reconnecting, the write is retried")  # fmt: skip
                 self._drop()
             raise
+
+    async def pool(self) -> asyncpg.Pool:
+        """The pool (connecting, and checking the schema, the first time)."""
+        return await self._connect()
 
     async def check_at_start(self) -> None:
         """Refuse to start on a wrong schema; a database that is merely down is not a reason."""
@@ -246,7 +257,7 @@ async def serve(
     """Run the service until `stop` is set, or until a task dies (`TaskDied` is raised, naming it).
 
     Every way out is bounded: a task that does not end when cancelled is named in `StopForced`.
-    `on_effect` sees every live effect of the call model (the hook for live alerts, and for tests).
+    `on_effect` sees every live effect of the call model (for tests), after the alert engine.
     """
     metrics = metrics or Metrics.with_process_metrics()
     database = database or Database(settings.dsn(), settings.database_timeout)
@@ -262,12 +273,20 @@ async def serve(
 async def _serve(settings: Settings, stop: asyncio.Event, database: Database, disk: DiskThread,
                  spool_dir: Path, on_effect: OnEffect | None, stop_grace: float,
                  metrics: Metrics) -> None:  # fmt: skip
-    writer = ConversationWriter(database.record, Spool(spool_dir), is_transient, disk=disk, metrics=metrics)
+    tracker = settings.call_tracker()
+    alerts = build_engine(settings, database.pool, tracker, lambda: pipeline.link, is_transient, metrics)
+
+    async def record(conversation: dict[str, Any]) -> RecordResult:
+        result = await database.record(conversation)
+        if alerts is not None and result.status != "duplicate":
+            alerts.recorded(conversation, result.client_id, result.contract_id)
+        return result
+
+    writer = ConversationWriter(record, Spool(spool_dir), is_transient, disk=disk, metrics=metrics)
     checkpoints = Checkpoints(spool_dir)
     deaths = TaskDeaths(spool_dir)
     for name, times in deaths.load().items():
         metrics.task_restarted(name, times)
-    tracker = settings.call_tracker()
     try:
         tracker.restore(await disk(checkpoints.load))
         await writer.resume()
@@ -287,7 +306,7 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         writer.submit,
         tracker=tracker,
         on_stop=checkpoint_at_stop,
-        on_effect=on_effect,
+        on_effect=_both(alerts.on_effect if alerts is not None else None, on_effect),
         metrics=metrics,
     )
     _report_health(settings, metrics, pipeline, writer)
@@ -300,6 +319,9 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         ),
         asyncio.create_task(writer.spool_failure(), name="spool"),
     ]
+    if alerts is not None:
+        tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
+        tasks.append(asyncio.create_task(alerts.board_forever(), name="alerts-board"))
     watchdog = systemd.watchdog_interval()
     if watchdog is not None:
         tasks.append(asyncio.create_task(_watchdog_forever(writer, watchdog), name="watchdog"))
@@ -317,6 +339,8 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         await _wind_down(tasks, writer, pipeline.grace, stop_grace)
     finally:
         stuck = await cancel_within(tasks, STOP_CANCEL_SECONDS) + _forced_inside(tasks)
+        if alerts is not None:
+            await alerts.close()  # deliveries still being tried stay pending, for the next start
         await database.close()
         if metrics.server is not None:
             metrics.server.close()
@@ -326,6 +350,17 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         raise StopForced(stuck, death)
     if death is not None:
         raise death
+
+
+def _both(first: OnEffect | None, second: OnEffect | None) -> OnEffect | None:
+    if first is None or second is None:
+        return first or second
+
+    def both(effect: Effect) -> None:
+        first(effect)
+        second(effect)
+
+    return both
 
 
 def health(link: AmiLink, writer: ConversationWriter) -> HealthState:

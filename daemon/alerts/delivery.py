@@ -41,6 +41,29 @@ DeliveryState = Literal["pending", "sent", "failed"]
 GUARD_SECONDS = 60.0  # beyond every sink's own timeout: a sink that never returns is a failure
 
 
+class AlertObserver(Protocol):
+    """What the alerts report for metrics (`daemon.metrics.Metrics` implements it)."""
+
+    def alert_raised(self, kind: str, delay: float | None) -> None: ...
+
+    def notice_sent(self, match: str) -> None: ...
+
+    def alert_delivery(self, sink: str, result: str) -> None:
+        """`result`: sent, failed (an attempt that will be retried) or given_up."""
+        ...
+
+
+class NoObserver:
+    def alert_raised(self, kind: str, delay: float | None) -> None:
+        pass
+
+    def notice_sent(self, match: str) -> None:
+        pass
+
+    def alert_delivery(self, sink: str, result: str) -> None:
+        pass
+
+
 class Journal(Protocol):
     async def attempted(
         self, notification_id: int, sink: str, state: DeliveryState, attempts: int, error: str | None
@@ -67,8 +90,10 @@ class Dispatcher:
         parallel: int = 4,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        observer: AlertObserver | None = None,
     ) -> None:
         self.sinks = {sink.name: sink for sink in sinks}
+        self.observer: AlertObserver = observer or NoObserver()
         self.stats = {name: SinkStats() for name in self.sinks}
         self._journal = journal
         self._retry = (retry_min, retry_max)
@@ -132,6 +157,7 @@ class Dispatcher:
             failure = await self._attempt(sink, notification)
             if failure is None:
                 self._note(sink.name, None)
+                self.observer.alert_delivery(sink.name, "sent")
                 await self._write(notification_id, sink.name, "sent", attempts, None)
                 return
             give_up = failure.permanent or attempts >= self._max_attempts
@@ -139,6 +165,7 @@ class Dispatcher:
             await self._write(
                 notification_id, sink.name, "failed" if give_up else "pending", attempts, failure.reason
             )
+            self.observer.alert_delivery(sink.name, "given_up" if give_up else "failed")
             if give_up:
                 self.stats[sink.name].given_up += 1
                 log.error(

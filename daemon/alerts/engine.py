@@ -40,6 +40,7 @@ on another PBX's daemon is seen here when it is recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -52,7 +53,7 @@ from accounting.contracts import Contract
 from accounting.conversations import Interval, Talk, to_ms
 from accounting.quota import AlertKey, Crossing, LiveConversation, OpenStretch, Plan, Settled, is_term, plan
 from accounting.rating import choose_contract, local_date
-from daemon.alerts.delivery import Dispatcher
+from daemon.alerts.delivery import AlertObserver, Dispatcher
 from daemon.alerts.messages import CallInfo, ClientInfo, Language, Match, Notification, payload, text
 from telephony.ami import Backoff, Sleep
 from telephony.effects import (
@@ -161,6 +162,36 @@ class AlertStore(Protocol):
         attempts each sink already had."""
         ...
 
+    async def put_live(self, pbx: str, rows: Sequence[LiveRow]) -> None:
+        """Write the conversations in progress (for `talkmeter.quota_now`)."""
+        ...
+
+    async def drop_live(self, conversation_ids: Sequence[str]) -> None: ...
+
+    async def keep_live(self, pbx: str, conversation_ids: Sequence[str]) -> None:
+        """Refresh this PBX's rows that are still live; drop the others."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRow:
+    """A conversation in progress as `talkmeter.quota_now` shows it (times: epoch seconds)."""
+
+    conversation_id: str
+    client_id: str
+    contract_id: str
+    channel: str
+    client_number: str | None
+    consultants: tuple[str, ...]
+    started_at: float
+    as_of: float
+    talk_ms: int
+    counted_ms: int
+    talking: bool
+    counting: bool
+    on_hold: bool
+    ended: bool
+
 
 # --- the calls in progress -------------------------------------------------------------------------
 
@@ -257,8 +288,11 @@ class _Client:
 
     def live_calls(self, contract_id: str, recorded: Iterable[str] = ()) -> list[_Call]:
         skip = set(recorded)
-        return [c for c in self.calls.values() if c.contract_id == contract_id and not c.recorded
-                and c.conversation_id not in skip]  # fmt: skip
+        return [
+            c
+            for c in self.calls.values()
+            if c.contract_id == contract_id and not c.recorded and c.conversation_id not in skip
+        ]
 
     def contracts_in_play(self) -> list[Contract]:
         wanted = {c.contract_id for c in self.calls.values()} | {h.contract_id for h in self.hangups}
@@ -290,6 +324,7 @@ class AlertEngine:
         language: Language = "ru",
         is_transient: Callable[[BaseException], bool] = lambda error: isinstance(error, OSError),
         sleep: Sleep = asyncio.sleep,
+        observer: AlertObserver | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -305,7 +340,12 @@ class AlertEngine:
         self._calls: dict[str, _Call] = {}
         self._clients: dict[str, _Client] = {}
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._resumed = asyncio.Event()
         self._store_failing = False
+        self._board_dirty: set[str] = set()
+        self._board_gone: set[str] = set()
+        self._board_failing = False
+        self.observer = observer or dispatcher.observer
         self.raised = 0
         self.notices = 0
 
@@ -337,13 +377,27 @@ class AlertEngine:
             call.hold(at, isinstance(effect, HoldStarted))
         self._changed(call)
 
-    async def recorded(
+    def recorded(
         self, conversation: Mapping[str, Any], client_id: str | None, contract_id: str | None
     ) -> None:
         """A conversation is committed to the ledger (under `client_id`, `contract_id`): check its
-        client's alerts against the new settled usage. Returns at once."""
+        client's alerts against the new settled usage. Returns at once and never raises: the
+        writer calls it, and nothing here may cost a conversation its recording."""
+        try:
+            self._recorded(conversation, client_id, contract_id)
+        except Exception as error:
+            log.error(
+                "alert.recorded_failed",
+                conversation_id=conversation.get("conversation_id"),
+                error=repr(error),
+            )
+
+    def _recorded(
+        self, conversation: Mapping[str, Any], client_id: str | None, contract_id: str | None
+    ) -> None:
         conversation_id = str(conversation["conversation_id"])
         call = self._calls.pop(conversation_id, None)
+        self._board_gone.add(conversation_id)
         if call is not None:
             call.recorded = True  # from now on it is in the settled usage, never live talk
         if client_id is None:
@@ -369,6 +423,7 @@ class AlertEngine:
     def _changed(self, call: _Call) -> None:
         client = self._clients.get(call.client_id or "")
         if client is not None:
+            self._board_dirty.add(call.conversation_id)
             self._plan(client)
 
     # --- planning (synchronous) --------------------------------------------------------------
@@ -434,6 +489,7 @@ class AlertEngine:
     async def run(self) -> None:
         """Work the job queue forever (cancel to stop); first resend what an earlier run left."""
         await self._with_retries(self._resume)
+        self._resumed.set()
         while True:
             job = await self._jobs.get()
             try:
@@ -441,9 +497,15 @@ class AlertEngine:
             finally:
                 self._jobs.task_done()
 
-    async def idle(self) -> None:
-        """Until every job so far is done and its notifications delivered (tests, benchmarks)."""
+    async def jobs_done(self) -> None:
+        """Until `run` has resumed and every job so far is done (its notifications claimed and
+        handed to the sinks)."""
+        await self._resumed.wait()
         await self._jobs.join()
+
+    async def idle(self) -> None:
+        """`jobs_done`, and every notification delivered (tests, benchmarks)."""
+        await self.jobs_done()
         await self.dispatcher.wait_idle()
 
     async def close(self) -> None:
@@ -509,6 +571,7 @@ class AlertEngine:
         if client is not None and contract is not None and call.client_id is None:
             call.client_id, call.contract_id = client.client_id, contract.contract_id
             client.calls[conversation_id] = call
+            self._board_dirty.add(conversation_id)
         if client is not None and contract is not None:
             await self._refresh(client)
         if self.call_start_notices:
@@ -544,11 +607,11 @@ class AlertEngine:
         client = self._clients.get(client_id) or await self._client(client_id)
         if client is None:
             return
-        self._forget_call(client, hangup.conversation_id, keep=True)
         client.hangups.append(
             replace(hangup, days=_span_days(hangup.started_at, hangup.ended_at, client.zone))
         )
-        await self._check(client)
+        await self._check(client)  # the call stays known meanwhile (recorded: never live talk)
+        self._forget_call(client, hangup.conversation_id, keep=True)
         if not client.calls:
             self._forget(client)
 
@@ -580,8 +643,9 @@ class AlertEngine:
         )
         client.settled.update(view.settled)
         client.raised |= view.raised | {n.key for n in claimed if n.key is not None}
-        for conversation_id in view.recorded:
-            self._forget_call(client, conversation_id, keep=True)
+        for conversation_id in view.recorded:  # its `recorded` job comes next and forgets it
+            if conversation_id in client.calls:
+                client.calls[conversation_id].recorded = True
         for notification in claimed:
             self.raised += 1
             self._send(notification, "alert.raised")
@@ -596,15 +660,15 @@ class AlertEngine:
         now: float,
         hangups: list[_Hangup],
     ) -> Notification:
-        calls = client.live_calls(contract.contract_id)
-        counting = (
-            [c for c in calls if c.counting(contract)] or [c for c in calls if c.ended_ms is None] or calls
-        )
-        call = max(counting, key=lambda c: c.started_ms, default=None)
+        call = _call_to_name(client, contract)
         if crossing.at_ms is not None:
             crossed_at = crossing.at_ms / 1000
-        else:  # found in the settled usage: during the conversation just recorded
-            crossed_at = max((h.ended_at for h in hangups), default=now)
+        else:  # found in the settled usage: during a conversation recorded since
+            ends = [h.ended_at for h in hangups]
+            ends += [
+                c.ended_ms / 1000 for c in client.calls.values() if c.recorded and c.ended_ms is not None
+            ]
+            crossed_at = max(ends, default=now)
         info = self._call_info(call) if call is not None else self._recorded_call(hangups)
         return Notification(
             type="quota.alert",
@@ -663,6 +727,76 @@ class AlertEngine:
         )
         self.dispatcher.dispatch(notification)
 
+    # --- the live board (talkmeter.quota_now) ----------------------------------------------------
+
+    async def flush_board(self) -> None:
+        """Write the conversations in progress that changed, drop those recorded or gone."""
+        now = self.clock.now()
+        gone, self._board_gone = self._board_gone, set()
+        dirty, self._board_dirty = self._board_dirty - gone, set()
+        rows = [row for cid in sorted(dirty) if (row := self._board_row(cid, now)) is not None]
+        try:
+            if gone:
+                await self.store.drop_live(sorted(gone))
+            await self.store.put_live(self.pbx, rows)
+        except Exception as error:
+            if not self._is_transient(error):
+                raise
+            self._board_gone |= gone  # again at the next flush
+            self._board_dirty |= dirty
+            if not self._board_failing:
+                self._board_failing = True
+                log.warning("alert.live_board_unavailable", error=type(error).__name__)
+            return
+        self._board_failing = False
+
+    async def keep_board(self) -> None:
+        """The heartbeat: this daemon's live rows are current; rows of calls it lost are dropped."""
+        live = [cid for cid, call in self._calls.items() if call.client_id is not None and not call.recorded]
+        await self.store.keep_live(self.pbx, live)
+
+    async def board_forever(self, interval: float = 1.0, heartbeat: float = 30.0) -> None:
+        """Flush every `interval` seconds, the heartbeat every `heartbeat` (a task of the service)."""
+        since_heartbeat = heartbeat
+        while True:
+            await self.flush_board()
+            if since_heartbeat >= heartbeat:
+                since_heartbeat = 0.0
+                with contextlib.suppress(Exception):  # the next flush says whether the store is back
+                    await self.keep_board()
+            await self._sleep(interval)
+            since_heartbeat += interval
+
+    def _board_row(self, conversation_id: str, now: float) -> LiveRow | None:
+        call = self._calls.get(conversation_id)
+        client = self._clients.get(call.client_id or "") if call is not None else None
+        contract = client.contract(call.contract_id) if client is not None and call is not None else None
+        if call is None or client is None or contract is None or call.recorded:
+            return None
+        now_ms = epoch_ms(now)
+        intervals = [
+            *call.intervals,
+            *([Interval(call.open.start_ms, now_ms, call.open.hold)] if call.open else []),
+        ]
+        counted = [i for i in intervals if contract.hold_billable or not i.hold]
+        conversation = call.conversation
+        return LiveRow(
+            conversation_id=conversation_id,
+            client_id=client.client_id,
+            contract_id=contract.contract_id,
+            channel=conversation.channel,
+            client_number=conversation.client_number,
+            consultants=tuple(conversation.consultants),
+            started_at=conversation.started_at,
+            as_of=now,
+            talk_ms=sum(max(0, i.ms) for i in intervals),
+            counted_ms=sum(max(0, i.ms) for i in counted),
+            talking=call.open is not None,
+            counting=call.counting(contract),
+            on_hold=call.on_hold,
+            ended=call.ended_ms is not None,
+        )
+
     # --- the client cache ------------------------------------------------------------------------
 
     async def _client(self, client_id: str) -> _Client | None:
@@ -695,6 +829,7 @@ class AlertEngine:
     def _forget_call(self, client: _Client, conversation_id: str, keep: bool = False) -> None:
         client.calls.pop(conversation_id, None)
         self._calls.pop(conversation_id, None)
+        self._board_gone.add(conversation_id)
         if not keep and not client.calls:
             self._forget(client)
 
@@ -703,6 +838,17 @@ class AlertEngine:
             client.timer.cancel()
         if not client.calls and not client.check_queued:
             self._clients.pop(client.client_id, None)
+
+
+def _call_to_name(client: _Client, contract: Contract) -> _Call | None:
+    """The conversation an alert is about: one counting now (the latest started), else one still
+    going on, else the one that ended last (it may be recorded already)."""
+    calls = [c for c in client.calls.values() if c.contract_id == contract.contract_id]
+    going = [c for c in calls if not c.recorded and c.ended_ms is None]
+    counting = [c for c in going if c.counting(contract)]
+    if counting or going:
+        return max(counting or going, key=lambda c: c.started_ms)
+    return max(calls, key=lambda c: c.ended_ms or 0, default=None)
 
 
 def _span_days(start: float, end: float, zone: ZoneInfo) -> tuple[date, ...]:

@@ -18,7 +18,7 @@ from accounting.conversations import Talk, parse_conversation
 from accounting.quota import AlertKey, Settled, SettledDay
 from accounting.rating import rate_contract
 from daemon.alerts.delivery import DeliveryState
-from daemon.alerts.engine import ClientQuota, Decide, SinksFor, StoreView
+from daemon.alerts.engine import ClientQuota, Decide, LiveRow, SinksFor, StoreView
 from daemon.alerts.messages import Notification, payload
 
 
@@ -33,6 +33,7 @@ class MemoryStore:
         self.lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._notices: set[str] = set()
+        self.live: dict[str, LiveRow] = {}
 
     # the ledger, as far as alerts see it
 
@@ -114,6 +115,16 @@ class MemoryStore:
             if waiting and notification.pbx == pbx:
                 found.append((notification, waiting))
         return found
+
+    async def put_live(self, pbx: str, rows: Sequence[LiveRow]) -> None:
+        self.live.update({row.conversation_id: row for row in rows})
+
+    async def drop_live(self, conversation_ids: Sequence[str]) -> None:
+        for conversation_id in conversation_ids:
+            self.live.pop(conversation_id, None)
+
+    async def keep_live(self, pbx: str, conversation_ids: Sequence[str]) -> None:
+        self.live = {cid: row for cid, row in self.live.items() if cid in conversation_ids}
 
     async def attempted(
         self, notification_id: int, sink: str, state: DeliveryState, attempts: int, error: str | None

@@ -1,150 +1,24 @@
 """The live engine end to end in simulated time: AMI events through the real call model, the
-engine's timers on a clock the test moves, alerts delivered to a real webhook receiver. The store
-is the in-memory one (the PostgreSQL store runs the same scenarios in test_store.py)."""
+engine's timers on a clock the test moves, alerts delivered to a real webhook receiver. Every
+scenario runs on both stores: in memory, and PostgreSQL with the real ledger (conversations
+recorded by accounting, the settled usage read from its running state)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 
 from accounting.contracts import Contract
-from daemon.alerts.delivery import Dispatcher
-from daemon.alerts.engine import AlertEngine, ClientQuota
-from daemon.alerts.messages import CATEGORIES, ClientInfo
-from daemon.alerts.messages import iso as to_iso
-from daemon.alerts.sinks import WebhookSink
-from telephony.calls import CallTracker
-from telephony.effects import Conversation, ConversationEnded
-from tests.telephony.scenario import Chan, Pbx
+from tests.db import admin, dsn_for, unique_name
 
-from .memory import ManualClock, MemoryStore
-from .receivers import GUARD, HttpReceiver
-
-NUMBER = "+74951234567"
-MSK_10AM = datetime.fromisoformat("2026-11-24T10:00:00+03:00").timestamp()
-MIN = 60.0
-
-
-def contract(**rules: Any) -> Contract:
-    values: dict[str, Any] = {
-        "contract_id": "K1",
-        "client_id": "romashka",
-        "valid_from": datetime(2026, 1, 1).date(),
-        "rate_per_minute": Decimal("2"),
-        "currency": "RUB",
-        "alert_thresholds": (80, 100),
-    }
-    values.update(rules)
-    return Contract(**values)
-
-
-def quota(terms: Contract, timezone: str = "Europe/Moscow") -> ClientQuota:
-    return ClientQuota(ClientInfo("romashka", "Ромашка", timezone), (terms,))
-
-
-@dataclass
-class Line:
-    """One PBX (the scenario builder), the call model, the engine and its webhook, on one clock."""
-
-    store: MemoryStore
-    receiver: HttpReceiver
-    start: float = MSK_10AM
-    name: str = "msk"
-    pbx: Pbx = field(init=False)
-    tracker: CallTracker = field(init=False)
-    clock: ManualClock = field(init=False)
-    engine: AlertEngine = field(init=False)
-    ended: list[Conversation] = field(default_factory=list)
-    _fed: int = 0
-    _task: asyncio.Task[None] | None = None
-
-    def __post_init__(self) -> None:
-        self.pbx = Pbx(now=self.start)
-        self.tracker = CallTracker(pbx="msk")
-        self.clock = ManualClock(self.start)
-        sink = WebhookSink(self.receiver.url, timeout=5, categories=CATEGORIES, language="en")
-        self.engine = AlertEngine(
-            self.store,
-            Dispatcher([sink], self.store),
-            pbx=self.name,
-            clock=self.clock,
-            timers=self.clock,
-            channels_of=self.tracker.consultant_channels,
-            language="en",
-        )
-
-    async def __aenter__(self) -> Line:
-        self._task = asyncio.create_task(self.engine.run())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self.engine.close()
-
-    async def play(self) -> None:
-        """Feed the events written so far, the clock following their timestamps (and timers
-        firing on the way), the engine settling after each step as a live daemon would."""
-        for message in self.pbx.events[self._fed :]:
-            assert message.timestamp is not None
-            await self.advance(message.timestamp)
-            for effect in self.tracker.feed(message, message.timestamp):
-                self.engine.on_effect(effect)
-                if isinstance(effect, ConversationEnded):
-                    self.ended.append(effect.conversation)
-            await self.settle()
-        self._fed = len(self.pbx.events)
-
-    async def wait(self, seconds: float) -> None:
-        """Time passes on the PBX without any event."""
-        self.pbx.after(seconds)
-        await self.advance(self.pbx.now)
-
-    async def advance(self, to: float) -> None:
-        while (due := self.clock.next_timer) is not None and due <= to:
-            self.clock.advance(due)
-            await self.settle()
-        self.clock.advance(to)
-
-    async def settle(self) -> None:
-        async with asyncio.timeout(GUARD):
-            await self.engine.idle()
-
-    async def record(self, conversation: Conversation, contract_id: str | None = "K1") -> None:
-        """What the writer does after the ledger committed the conversation."""
-        data = conversation.to_json()
-        if contract_id is not None:
-            self.store.record(data, contract_id)
-        await self.engine.recorded(data, "romashka" if contract_id else None, contract_id)
-        await self.settle()
-
-    def call(self, n: int = 1, consultant: str = "101", number: str = NUMBER) -> tuple[Chan, Chan]:
-        client = self.pbx.client_calls(number, n=n)
-        self.pbx.answer(client)
-        agent = self.pbx.consultant(consultant, 10 + n)
-        self.pbx.connect(agent, client)
-        return client, agent
-
-
-def alerts(receiver: HttpReceiver) -> list[dict[str, Any]]:
-    return [r.json() for r in receiver.requests if r.json()["type"] == "quota.alert"]
-
-
-def crossings(receiver: HttpReceiver) -> list[tuple[str, int | None, str]]:
-    return [(a["alert"]["kind"], a["alert"]["percent"], a["alert"]["crossed_at"]) for a in alerts(receiver)]
-
-
-def iso(moment: float) -> str:
-    result = to_iso(moment)
-    assert result is not None
-    return result
+from .backends import Backend, MemoryBackend, PostgresBackend
+from .line import MIN, NUMBER, Line, alerts, contract, crossings, iso, quota
+from .receivers import HttpReceiver
 
 
 @pytest.fixture
@@ -153,8 +27,33 @@ async def webhook() -> AsyncIterator[HttpReceiver]:
         yield receiver
 
 
-def store_for(terms: Contract, timezone: str = "Europe/Moscow", **numbers: list[str]) -> MemoryStore:
-    return MemoryStore([quota(terms, timezone)], {NUMBER: ["romashka"], **numbers})
+Make = Callable[..., Awaitable[Backend]]
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def backend_for(request: pytest.FixtureRequest, template_db: str) -> AsyncIterator[Make]:
+    """`await backend_for(contract, timezone, numbers)`: a store with the client romashka."""
+    made: list[tuple[asyncpg.Pool, str]] = []
+
+    async def make(
+        terms: Contract, timezone: str = "Europe/Moscow", numbers: dict[str, list[str]] | None = None
+    ) -> Backend:
+        clients = [quota(terms, timezone)]
+        owners = {NUMBER: ["romashka"], **(numbers or {})}
+        if request.param == "memory":
+            return MemoryBackend(clients, owners)
+        name = unique_name("tm_alerts")
+        await admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        pool = await asyncpg.create_pool(dsn_for(name), min_size=1, max_size=4)
+        made.append((pool, name))
+        backend = PostgresBackend(pool)
+        await backend.seed(clients, owners)
+        return backend
+
+    yield make
+    for pool, name in made:
+        await pool.close()
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def late(alert: dict[str, Any]) -> float:
@@ -163,10 +62,11 @@ def late(alert: dict[str, Any]) -> float:
 
 
 async def test_a_call_crossing_the_daily_cap_alerts_within_a_second_of_each_crossing(
+    backend_for: Make,
     webhook: HttpReceiver,
 ) -> None:
-    store = store_for(contract(free_daily_minutes=10))
-    async with Line(store, webhook) as line:
+    backend = await backend_for(contract(free_daily_minutes=10))
+    async with Line(backend, webhook) as line:
         line.call()
         await line.play()
         answered = line.pbx.now
@@ -181,12 +81,14 @@ async def test_a_call_crossing_the_daily_cap_alerts_within_a_second_of_each_cros
     assert first["call"]["consultant_channels"] == ["PJSIP/101-0000000b"]
     assert first["left"]["free_left_seconds"] == 120.0
     assert first["text"].endswith(f"Call {NUMBER}, consultant 101.")
-    assert [n.key.percent for n in store.claimed if n.key] == [80, 100, 0]
+    assert [kind for kind, _, _ in await backend.claimed()] == ["daily", "daily", "overrun"]
 
 
-async def test_the_call_start_notice_says_who_it_is_and_what_is_left(webhook: HttpReceiver) -> None:
-    store = store_for(contract(free_daily_minutes=10, prepaid_minutes=60))
-    async with Line(store, webhook) as line:
+async def test_the_call_start_notice_says_who_it_is_and_what_is_left(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    backend = await backend_for(contract(free_daily_minutes=10, prepaid_minutes=60))
+    async with Line(backend, webhook) as line:
         line.call()
         await line.play()
     (notice,) = [r.json() for r in webhook.requests]
@@ -200,7 +102,6 @@ async def test_the_call_start_notice_says_who_it_is_and_what_is_left(webhook: Ht
         notice["text"]
         == f"Call from Ромашка ({NUMBER}): free today 10:00 of 10:00 left; prepaid 1:00:00 of 1:00:00 left."
     )
-    assert store.notified[0]["type"] == "call.started"
 
 
 @pytest.mark.parametrize(
@@ -216,12 +117,10 @@ async def test_the_call_start_notice_says_who_it_is_and_what_is_left(webhook: Ht
     ],
 )
 async def test_an_unmatched_caller_gets_a_notice_saying_so(
-    webhook: HttpReceiver, number: str, match: str, text: str
+    backend_for: Make, webhook: HttpReceiver, number: str, match: str, text: str
 ) -> None:
-    store = MemoryStore(
-        [quota(contract(free_daily_minutes=10))], {NUMBER: ["romashka"], "+74950000001": ["a", "b"]}
-    )
-    async with Line(store, webhook) as line:
+    backend = await backend_for(contract(free_daily_minutes=10), numbers={"+74950000001": ["a", "b"]})
+    async with Line(backend, webhook) as line:
         line.call(number=number)
         await line.play()
         await line.wait(20 * MIN)
@@ -230,9 +129,11 @@ async def test_an_unmatched_caller_gets_a_notice_saying_so(
     assert notice["candidates"] == (["a", "b"] if match == "ambiguous" else [])
 
 
-async def test_two_conversations_of_one_client_cross_earlier_than_either_alone(webhook: HttpReceiver) -> None:
-    store = store_for(contract(free_daily_minutes=10, alert_thresholds=(80,)))
-    async with Line(store, webhook) as line:
+async def test_two_conversations_of_one_client_cross_earlier_than_either_alone(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    backend = await backend_for(contract(free_daily_minutes=10, alert_thresholds=(80,)))
+    async with Line(backend, webhook) as line:
         line.call(1, "101")
         await line.play()
         first = line.pbx.now
@@ -248,10 +149,12 @@ async def test_two_conversations_of_one_client_cross_earlier_than_either_alone(w
 
 @pytest.mark.parametrize(("hold_billable", "delay"), [(True, 0.0), (False, 2 * MIN)])
 async def test_hold_delays_the_crossing_only_when_not_billable(
-    webhook: HttpReceiver, hold_billable: bool, delay: float
+    backend_for: Make, webhook: HttpReceiver, hold_billable: bool, delay: float
 ) -> None:
-    store = store_for(contract(free_daily_minutes=20, alert_thresholds=(80,), hold_billable=hold_billable))
-    async with Line(store, webhook) as line:
+    backend = await backend_for(
+        contract(free_daily_minutes=20, alert_thresholds=(80,), hold_billable=hold_billable)
+    )
+    async with Line(backend, webhook) as line:
         _, agent = line.call()
         await line.play()
         answered = line.pbx.now
@@ -265,9 +168,9 @@ async def test_hold_delays_the_crossing_only_when_not_billable(
     assert crossings(webhook) == [("daily", 80, iso(answered + 16 * MIN + delay))]
 
 
-async def test_80_and_100_percent_of_the_prepaid_package(webhook: HttpReceiver) -> None:
-    store = store_for(contract(prepaid_minutes=100))
-    async with Line(store, webhook) as line:
+async def test_80_and_100_percent_of_the_prepaid_package(backend_for: Make, webhook: HttpReceiver) -> None:
+    backend = await backend_for(contract(prepaid_minutes=100))
+    async with Line(backend, webhook) as line:
         client, agent = line.call()  # an earlier call uses 75 of the 100 prepaid minutes
         await line.play()
         await line.wait(75 * MIN)
@@ -287,12 +190,14 @@ async def test_80_and_100_percent_of_the_prepaid_package(webhook: HttpReceiver) 
     assert alerts(webhook)[0]["alert"]["period"] == {"kind": "term", "start": "2026-01-01", "end": None}
 
 
-async def test_the_daily_allowance_resets_at_the_clients_midnight(webhook: HttpReceiver) -> None:
+async def test_the_daily_allowance_resets_at_the_clients_midnight(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
     # Vladivostok (UTC+10): its midnight is 14:00 UTC. A call from 13:50 UTC: the old day's 80 %
     # at 13:58, and the new day's 80 % only 8 minutes after its midnight.
     start = datetime.fromisoformat("2026-11-24T13:50:00+00:00").timestamp()
-    store = store_for(contract(free_daily_minutes=10, alert_thresholds=(80,)), "Asia/Vladivostok")
-    async with Line(store, webhook, start=start) as line:
+    backend = await backend_for(contract(free_daily_minutes=10, alert_thresholds=(80,)), "Asia/Vladivostok")
+    async with Line(backend, webhook, start=start) as line:
         line.call()
         await line.play()
         answered = line.pbx.now
@@ -307,17 +212,18 @@ async def test_the_daily_allowance_resets_at_the_clients_midnight(webhook: HttpR
 
 
 async def test_a_restart_between_two_thresholds_sends_neither_twice_and_skips_none(
+    backend_for: Make,
     webhook: HttpReceiver,
 ) -> None:
-    store = store_for(contract(free_daily_minutes=10, alert_thresholds=(80, 100)))
-    async with Line(store, webhook) as first:
+    backend = await backend_for(contract(free_daily_minutes=10, alert_thresholds=(80, 100)))
+    async with Line(backend, webhook) as first:
         client, agent = first.call()
         await first.play()
         answered = first.pbx.now
         await first.wait(9 * MIN)
     assert crossings(webhook) == [("daily", 80, iso(answered + 8 * MIN))]
     # The daemon restarts: the new one did not see the call start; it goes on and ends.
-    second = Line(store, webhook, start=first.pbx.now)
+    second = Line(backend, webhook, start=first.pbx.now)
     second.pbx, second.tracker = first.pbx, first.tracker
     second._fed = len(first.pbx.events)
     async with second as line:
@@ -333,13 +239,13 @@ async def test_a_restart_between_two_thresholds_sends_neither_twice_and_skips_no
         await line.wait(5 * MIN)
     assert [c[:2] for c in crossings(webhook)] == [("daily", 80), ("daily", 100), ("overrun", None)]
     assert all(a["call"]["in_progress"] is False for a in alerts(webhook)[1:])
-    assert [n.key.percent for n in store.claimed if n.key] == [80, 100, 0]
+    assert [kind for kind, _, _ in await backend.claimed()] == ["daily", "daily", "overrun"]
 
 
-async def test_two_engines_racing_on_one_client_send_once(webhook: HttpReceiver) -> None:
+async def test_two_engines_racing_on_one_client_send_once(backend_for: Make, webhook: HttpReceiver) -> None:
     """Both see the same call (as two daemons could see one client's calls) and decide at once."""
-    store = store_for(contract(free_daily_minutes=10, alert_thresholds=(80,)))
-    async with Line(store, webhook) as one, Line(store, webhook, name="msk-2") as two:
+    backend = await backend_for(contract(free_daily_minutes=10, alert_thresholds=(80,)))
+    async with Line(backend, webhook) as one, Line(backend, webhook, name="msk-2") as two:
         two.pbx = one.pbx
         one.call()
         await one.play()
