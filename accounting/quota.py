@@ -234,6 +234,15 @@ _Moment = Callable[[int], int]
 """`moment(n)`: when the n-th millisecond counted in the current stretch or lump is counted."""
 
 
+@dataclass(slots=True)
+class _Target:
+    """One alert the sweep watches for (created once per sweep, so no key is hashed per stretch)."""
+
+    key: AlertKey
+    threshold: int
+    done: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Piece:
     """A conversation's counted talk, split where it is counted at once (the short-call lump)
@@ -261,8 +270,10 @@ class _Sweep:
         self.paid_days: set[date] = set()
         self.beyond_free = settled.prepaid_ms + settled.paid_ms
         self.found: list[Crossing] = []
-        self._seen: set[AlertKey] = set()
         self.standing: Standing | None = None
+        term_keys = [key for key in alert_keys(contract, contract.valid_from) if is_term(contract, key)]
+        self._term = [_Target(key, threshold_ms(contract, key)) for key in term_keys]
+        self._days: dict[date, list[_Target]] = {}
         for day, usage in settled.days.items():
             self.counted[day] = usage.counted_ms
             if usage.counted_ms > 0:
@@ -350,13 +361,11 @@ class _Sweep:
         day_cap = self._cap_of(day)
         before = self.counted[day]
         others = self.beyond_free - max(0, before - day_cap)
-        for key, needed in self._targets(day, day_cap, others):
-            if key in self._seen:
-                continue
+        for target, needed in self._targets(day, day_cap, others):
             if needed <= before:
-                self._record(key, moment(1))
+                self._record(target, moment(1))
             elif needed <= before + amount:
-                self._record(key, moment(needed - before))
+                self._record(target, moment(needed - before))
         self.counted[day] = before + amount
         self.beyond_free = others + max(0, before + amount - day_cap)
 
@@ -370,39 +379,55 @@ class _Sweep:
                 days.add(day)
         return self.cap if self.slotted[day] else 0
 
-    def _targets(self, day: date, day_cap: int, others: int) -> Iterator[tuple[AlertKey, int]]:
+    def _targets(self, day: date, day_cap: int, others: int) -> Iterator[tuple[_Target, int]]:
         """Each alert that `day`'s counted talk can still cross, with the counted talk of the day
         at which it is crossed (`others`: the talk beyond free on the other days of the term)."""
-        for key in alert_keys(self.contract, day):
-            if key.kind == "daily":
+        for target in self._day_targets(day):
+            if target.done:
+                continue
+            if target.key.kind == "daily":
                 if day_cap > 0:
-                    yield key, threshold_ms(self.contract, key)
-            elif key.kind == "prepaid":
-                yield key, day_cap + threshold_ms(self.contract, key) - others
-            elif self.cap > 0:  # overrun of the day: paid on this day
-                yield key, day_cap + max(1, self.package + 1 - others)
-            else:  # overrun of the term
-                yield key, day_cap + self.package + 1 - others
+                    yield target, target.threshold
+            else:  # the overrun of the day: paid time on this day
+                yield target, day_cap + max(1, self.package + 1 - others)
+        for target in self._term:
+            if target.done:
+                continue
+            if target.key.kind == "prepaid":
+                yield target, day_cap + target.threshold - others
+            else:  # the overrun of the term
+                yield target, day_cap + self.package + 1 - others
+
+    def _day_targets(self, day: date) -> list[_Target]:
+        targets = self._days.get(day)
+        if targets is None:
+            keys = [key for key in alert_keys(self.contract, day) if not is_term(self.contract, key)]
+            targets = self._days[day] = [_Target(key, threshold_ms(self.contract, key)) for key in keys]
+        return targets
 
     def _check_settled(self, settled: Settled) -> None:
         """Thresholds the recorded conversations crossed on their own (found when recorded)."""
-        contract = self.contract
-        for day in sorted({*settled.days, contract.valid_from}):
-            for key in alert_keys(contract, day):
-                if key.kind == "daily":
-                    reached = bool(self.slotted.get(day)) and self.counted[day] >= threshold_ms(contract, key)
-                elif key.kind == "prepaid":
-                    reached = self.beyond_free >= threshold_ms(contract, key)
+        for day in sorted(settled.days):
+            for target in self._day_targets(day):
+                if target.key.kind == "daily":
+                    reached = bool(self.slotted.get(day)) and self.counted[day] >= target.threshold
                 else:
-                    reached = day in self.paid_days if self.cap > 0 else settled.paid_ms > 0
+                    reached = day in self.paid_days
                 if reached:
-                    self._record(key, None)
+                    self._record(target, None)
+        for target in self._term:
+            if target.key.kind == "prepaid":
+                reached = self.beyond_free >= target.threshold
+            else:
+                reached = settled.paid_ms > 0
+            if reached:
+                self._record(target, None)
 
-    def _record(self, key: AlertKey, at: int | None) -> None:
-        if key not in self._seen:
-            self._seen.add(key)
-            if key not in self.raised:
-                self.found.append(Crossing(key, at))
+    def _record(self, target: _Target, at: int | None) -> None:
+        if not target.done:
+            target.done = True
+            if target.key not in self.raised:
+                self.found.append(Crossing(target.key, at))
 
     # what is left
 
