@@ -25,6 +25,7 @@ bench: install
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/faults.py
 	$(PY) benchmarks/ledger.py
+	$(PY) benchmarks/alerts.py
 
 # The package to install where there is no clone: dist/talkmeter-<version>-py3-none-any.whl.
 wheel: install

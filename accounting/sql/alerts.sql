@@ -5,55 +5,72 @@
 -- name: clients_with_number
 SELECT client_id FROM talkmeter.client_numbers WHERE number = $1 ORDER BY client_id;
 
--- name: settled_days
--- What recorded conversations consumed per client-local day, for the contracts and days asked.
-SELECT contract_id, day, free_ms, prepaid_ms, paid_ms
-  FROM talkmeter.usage_days
- WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day BETWEEN $3 AND $4;
-
--- name: settled_totals
-SELECT contract_id, prepaid_ms, paid_ms
-  FROM talkmeter.usage_totals
- WHERE client_id = $1 AND contract_id = ANY($2::text[]);
-
--- name: raised_alerts
--- Alerts already claimed for the contracts, in the days from $3 on or in the terms starting $4.
-SELECT contract_id, kind, percent, period_start
-  FROM talkmeter.notifications
- WHERE type = 'quota.alert' AND client_id = $1 AND contract_id = ANY($2::text[])
-   AND (period_start >= $3 OR period_start = ANY($4::date[]));
-
--- name: recorded_among
-SELECT conversation_id FROM talkmeter.conversations WHERE conversation_id = ANY($1::text[]);
+-- name: alert_view
+-- In one round trip: what recorded conversations consumed per client-local day ($3..$4) and over
+-- the term, for the contracts $2; the alerts already claimed for them (in the days from $3 on or
+-- in the terms starting $5); which of the conversations $6 are already recorded.
+SELECT
+    (SELECT COALESCE(json_agg(json_build_array(contract_id, day, free_ms, prepaid_ms, paid_ms)), '[]')
+       FROM talkmeter.usage_days
+      WHERE client_id = $1 AND contract_id = ANY($2::text[]) AND day BETWEEN $3 AND $4) AS days,
+    (SELECT COALESCE(json_agg(json_build_array(contract_id, prepaid_ms, paid_ms)), '[]')
+       FROM talkmeter.usage_totals
+      WHERE client_id = $1 AND contract_id = ANY($2::text[])) AS totals,
+    (SELECT COALESCE(json_agg(json_build_array(contract_id, kind, percent, period_start)), '[]')
+       FROM talkmeter.notifications
+      WHERE type = 'quota.alert' AND client_id = $1 AND contract_id = ANY($2::text[])
+        AND (period_start >= $3 OR period_start = ANY($5::date[]))) AS raised,
+    ARRAY(SELECT conversation_id FROM talkmeter.conversations
+           WHERE conversation_id = ANY($6::text[])) AS recorded;
 
 -- name: claim_alert
--- The decision's row: nothing (NULL) when this alert of this period was already claimed.
-INSERT INTO talkmeter.notifications (
-    type, client_id, contract_id, kind, percent, period_start, period_end, match, conversation_id,
-    pbx, crossed_at, decided_at, payload)
-VALUES ('quota.alert', $1, $2, $3, $4, $5, $6, 'matched', $7, $8, $9, $10, $11::jsonb)
-ON CONFLICT (client_id, contract_id, kind, percent, period_start) WHERE type = 'quota.alert' DO NOTHING
-RETURNING notification_id;
+-- The decision's row, its pending delivery rows (one per sink in $12; NOTIFY, when in it, is sent
+-- here, so its row is sent) and the NOTIFY itself, in one statement: no row comes back when this
+-- alert of this period was already claimed.
+WITH claimed AS (
+    INSERT INTO talkmeter.notifications (
+        type, client_id, contract_id, kind, percent, period_start, period_end, match, conversation_id,
+        pbx, crossed_at, decided_at, payload)
+    VALUES ('quota.alert', $1, $2, $3, $4, $5, $6, 'matched', $7, $8, $9, $10, $11::jsonb)
+    ON CONFLICT (client_id, contract_id, kind, percent, period_start) WHERE type = 'quota.alert' DO NOTHING
+    RETURNING notification_id, payload
+), deliveries AS (
+    INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
+    SELECT c.notification_id, sink,
+           CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
+           CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
+           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
+           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
+      FROM claimed c, unnest($12::text[]) AS sink
+)
+SELECT notification_id,
+       CASE WHEN 'pg_notify' = ANY($12::text[])
+            THEN pg_notify('talkmeter_alerts', (payload || jsonb_build_object('id', notification_id))::text)
+       END AS notified
+  FROM claimed;
 
 -- name: claim_notice
-INSERT INTO talkmeter.notifications (
-    type, client_id, contract_id, match, conversation_id, pbx, decided_at, payload)
-VALUES ('call.started', $1, $2, $3, $4, $5, $6, $7::jsonb)
-ON CONFLICT (conversation_id) WHERE type = 'call.started' DO NOTHING
-RETURNING notification_id;
-
--- name: add_deliveries
--- One pending row per sink; NOTIFY is sent in the claiming transaction, so its row is sent.
-INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
-SELECT $1, sink,
-       CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
-       CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
-       CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
-       CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
-  FROM unnest($2::text[]) AS sink;
-
--- name: notify_alert
-SELECT pg_notify('talkmeter_alerts', $1);
+-- The same for a call-start notice, once per conversation.
+WITH claimed AS (
+    INSERT INTO talkmeter.notifications (
+        type, client_id, contract_id, match, conversation_id, pbx, decided_at, payload)
+    VALUES ('call.started', $1, $2, $3, $4, $5, $6, $7::jsonb)
+    ON CONFLICT (conversation_id) WHERE type = 'call.started' DO NOTHING
+    RETURNING notification_id, payload
+), deliveries AS (
+    INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
+    SELECT c.notification_id, sink,
+           CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
+           CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
+           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
+           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
+      FROM claimed c, unnest($8::text[]) AS sink
+)
+SELECT notification_id,
+       CASE WHEN 'pg_notify' = ANY($8::text[])
+            THEN pg_notify('talkmeter_alerts', (payload || jsonb_build_object('id', notification_id))::text)
+       END AS notified
+  FROM claimed;
 
 -- name: delivery_attempted
 UPDATE talkmeter.notification_deliveries

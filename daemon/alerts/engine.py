@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -68,6 +70,8 @@ from telephony.effects import (
 )
 
 log = structlog.get_logger("daemon.alerts")
+
+NUMBER_CACHE_SECONDS = 60.0
 
 
 # --- ports ---------------------------------------------------------------------------------------
@@ -304,9 +308,14 @@ class _Client:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    kind: str  # "start" | "check" | "recorded"
+    kind: str  # "check" | "recorded" | "start"
     key: str  # conversation id, or client id
     hangup: _Hangup | None = None
+
+    @property
+    def urgency(self) -> int:
+        """Crossings first: a check decides an alert due now; a notice can wait a moment."""
+        return {"check": 0, "recorded": 1}.get(self.kind, 2)
 
 
 class AlertEngine:
@@ -339,10 +348,13 @@ class AlertEngine:
         self._sleep = sleep
         self._calls: dict[str, _Call] = {}
         self._clients: dict[str, _Client] = {}
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._jobs: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._owners: dict[str, tuple[float, list[str]]] = {}  # number -> (looked up at, clients)
         self._resumed = asyncio.Event()
         self._store_failing = False
         self._board_dirty: set[str] = set()
+        self._dirty: dict[str, _Client] = {}
         self._board_gone: set[str] = set()
         self._board_failing = False
         self.observer = observer or dispatcher.observer
@@ -406,9 +418,7 @@ class AlertEngine:
             return
         started = datetime.fromisoformat(str(conversation["started_at"])).timestamp()
         ended = datetime.fromisoformat(str(conversation["ended_at"])).timestamp()
-        self._jobs.put_nowait(
-            _Job("recorded", client_id, _Hangup(conversation_id, contract_id, started, ended))
-        )
+        self._queue(_Job("recorded", client_id, _Hangup(conversation_id, contract_id, started, ended)))
 
     def _started(self, conversation: Conversation) -> None:
         call = _Call(conversation, epoch_ms(conversation.started_at))
@@ -418,12 +428,23 @@ class AlertEngine:
 
     def _resolve(self, call: _Call) -> None:
         call.resolving = True
-        self._jobs.put_nowait(_Job("start", call.conversation_id))
+        self._queue(_Job("start", call.conversation_id))
 
     def _changed(self, call: _Call) -> None:
         client = self._clients.get(call.client_id or "")
         if client is not None:
             self._board_dirty.add(call.conversation_id)
+            self._replan_soon(client)
+
+    def _replan_soon(self, client: _Client) -> None:
+        """Plan once after the effects applied together (a burst of events, one plan)."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._replan_dirty)
+        self._dirty[client.client_id] = client
+
+    def _replan_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for client in dirty.values():
             self._plan(client)
 
     # --- planning (synchronous) --------------------------------------------------------------
@@ -482,7 +503,10 @@ class AlertEngine:
     def _queue_check(self, client: _Client) -> None:
         if not client.check_queued:
             client.check_queued = True
-            self._jobs.put_nowait(_Job("check", client.client_id))
+            self._queue(_Job("check", client.client_id))
+
+    def _queue(self, job: _Job) -> None:
+        self._jobs.put_nowait((job.urgency, next(self._order), job))
 
     # --- the worker ----------------------------------------------------------------------------
 
@@ -491,7 +515,7 @@ class AlertEngine:
         await self._with_retries(self._resume)
         self._resumed.set()
         while True:
-            job = await self._jobs.get()
+            _, _, job = await self._jobs.get()
             try:
                 await self._with_retries(lambda job=job: self._perform(job))  # type: ignore[misc]
             finally:
@@ -501,6 +525,7 @@ class AlertEngine:
         """Until `run` has resumed and every job so far is done (its notifications claimed and
         handed to the sinks)."""
         await self._resumed.wait()
+        self._replan_dirty()
         await self._jobs.join()
 
     async def idle(self) -> None:
@@ -560,7 +585,8 @@ class AlertEngine:
         if call is None or call.noticed:
             return
         number = call.conversation.client_number
-        owners = await self.store.match(number) if number is not None else []
+        owners = await self._match(number) if number is not None else []
+        known = len(owners) == 1 and owners[0] in self._clients
         client = await self._client(owners[0]) if len(owners) == 1 else None
         contract = None
         match: Match = "withheld" if number is None else "ambiguous" if len(owners) > 1 else "unknown"
@@ -572,8 +598,8 @@ class AlertEngine:
             call.client_id, call.contract_id = client.client_id, contract.contract_id
             client.calls[conversation_id] = call
             self._board_dirty.add(conversation_id)
-        if client is not None and contract is not None:
-            await self._refresh(client)
+        if client is not None and contract is not None and not known:
+            await self._refresh(client)  # a client already followed is kept current by its checks
         if self.call_start_notices:
             await self._notice(call, match, client, contract, owners if match == "ambiguous" else [])
         call.noticed = True
@@ -621,7 +647,7 @@ class AlertEngine:
         if not contracts:
             return
         now = self.clock.now()
-        hangups, client.hangups = client.hangups, []
+        hangups = list(client.hangups)  # kept until the check succeeds (it is retried if not)
 
         def decide(view: StoreView) -> list[Notification]:
             found = []
@@ -631,16 +657,16 @@ class AlertEngine:
                     found.append(self._alert(client, contract, crossing, result.standing, now, hangups))
             return found
 
-        live = list(client.calls)
-        claimed, view = await self.store.claim(
-            client.client_id,
-            contracts,
-            self._days(client, now, hangups),
-            live,
-            decide,
-            self.dispatcher.sinks_for,
-            self.notify,
-        )
+        live, days = list(client.calls), self._days(client, now, hangups)
+        # A cheap look first: most checks (one after every recording) find nothing due, and need
+        # neither the transaction nor the client's lock. What is due is decided again, locked.
+        view = await self.store.view(client.client_id, contracts, days, live)
+        claimed: list[Notification] = []
+        if decide(view):
+            claimed, view = await self.store.claim(
+                client.client_id, contracts, days, live, decide, self.dispatcher.sinks_for, self.notify
+            )
+        client.hangups = [hangup for hangup in client.hangups if hangup not in hangups]
         client.settled.update(view.settled)
         client.raised |= view.raised | {n.key for n in claimed if n.key is not None}
         for conversation_id in view.recorded:  # its `recorded` job comes next and forgets it
@@ -798,6 +824,18 @@ class AlertEngine:
         )
 
     # --- the client cache ------------------------------------------------------------------------
+
+    async def _match(self, number: str) -> list[str]:
+        """The clients of a number, remembered for a minute (a busy client calls in bursts)."""
+        now = time.monotonic()
+        cached = self._owners.get(number)
+        if cached is not None and now - cached[0] < NUMBER_CACHE_SECONDS:
+            return cached[1]
+        owners = await self.store.match(number)
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[number] = (now, owners)
+        return owners
 
     async def _client(self, client_id: str) -> _Client | None:
         client = self._clients.get(client_id)

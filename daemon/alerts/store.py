@@ -107,11 +107,11 @@ class PgStore:
                     _timestamp(notification.crossed_at),
                     _timestamp(notification.decided_at),
                     body,
+                    self._sinks(sinks_for(notification), notify),
                 )
                 taken.add(key)
-                if notification_id is None:
-                    continue  # another daemon claimed it: it sends it
-                claimed.append(await self._claimed(conn, notification, notification_id, sinks_for, notify))
+                if notification_id is not None:  # else another daemon claimed it: it sends it
+                    claimed.append(notification.claimed(notification_id))
         return claimed, StoreView(view.settled, frozenset(taken), view.recorded)
 
     async def claim_notice(
@@ -120,21 +120,18 @@ class PgStore:
         pool = await self._pool()
         call = notification.call
         assert call is not None
-        body = json.dumps(payload(notification, self.language), ensure_ascii=False)
-        async with pool.acquire() as conn, conn.transaction():
-            notification_id = await conn.fetchval(
-                QUERIES["claim_notice"],
-                notification.client.client_id if notification.client else None,
-                notification.contract.contract_id if notification.contract else None,
-                notification.match,
-                call.conversation_id,
-                notification.pbx,
-                _timestamp(notification.decided_at),
-                body,
-            )
-            if notification_id is None:
-                return None
-            return await self._claimed(conn, notification, notification_id, lambda n: sinks, notify)
+        notification_id = await pool.fetchval(
+            QUERIES["claim_notice"],
+            notification.client.client_id if notification.client else None,
+            notification.contract.contract_id if notification.contract else None,
+            notification.match,
+            call.conversation_id,
+            notification.pbx,
+            _timestamp(notification.decided_at),
+            json.dumps(payload(notification, self.language), ensure_ascii=False),
+            self._sinks(sinks, notify),
+        )
+        return None if notification_id is None else notification.claimed(notification_id)
 
     async def pending(self, pbx: str) -> list[tuple[Notification, dict[str, int]]]:
         pool = await self._pool()
@@ -201,44 +198,26 @@ class PgStore:
         live: Sequence[str],
     ) -> StoreView:
         ids = [contract.contract_id for contract in contracts]
+        starts = sorted({contract.valid_from for contract in contracts})
+        row = await conn.fetchrow(QUERIES["alert_view"], client_id, ids, *days, starts, list(live))
         by_day: dict[str, dict[date, SettledDay]] = defaultdict(dict)
-        for row in await conn.fetch(QUERIES["settled_days"], client_id, ids, *days):
-            by_day[row["contract_id"]][row["day"]] = SettledDay(
-                row["free_ms"], row["prepaid_ms"], row["paid_ms"]
-            )
-        totals = {
-            row["contract_id"]: row for row in await conn.fetch(QUERIES["settled_totals"], client_id, ids)
-        }
+        for contract_id, day, free, prepaid, paid in json.loads(row["days"]):
+            by_day[contract_id][date.fromisoformat(day)] = SettledDay(free, prepaid, paid)
+        totals = {contract_id: (prepaid, paid) for contract_id, prepaid, paid in json.loads(row["totals"])}
         settled = {}
         for contract_id in ids:
-            total = totals.get(contract_id)
-            prepaid, paid = (total["prepaid_ms"], total["paid_ms"]) if total is not None else (0, 0)
+            prepaid, paid = totals.get(contract_id, (0, 0))
             settled[contract_id] = Settled(by_day[contract_id], prepaid, paid)
-        starts = sorted({contract.valid_from for contract in contracts})
         raised = frozenset(
-            AlertKey(row["contract_id"], row["kind"], row["percent"], row["period_start"])
-            for row in await conn.fetch(QUERIES["raised_alerts"], client_id, ids, days[0], starts)
+            AlertKey(contract_id, kind, percent, date.fromisoformat(start))
+            for contract_id, kind, percent, start in json.loads(row["raised"])
         )
-        recorded = frozenset(
-            row["conversation_id"] for row in await conn.fetch(QUERIES["recorded_among"], list(live))
-        )
-        return StoreView(settled, raised, recorded)
+        return StoreView(settled, raised, frozenset(row["recorded"]))
 
-    async def _claimed(
-        self,
-        conn: asyncpg.Connection,
-        notification: Notification,
-        notification_id: int,
-        sinks_for: SinksFor,
-        notify: bool,
-    ) -> Notification:
-        claimed = notification.claimed(notification_id)
-        sinks = sinks_for(claimed) + (["pg_notify"] if notify else [])
-        await conn.execute(QUERIES["add_deliveries"], notification_id, sinks)
-        if notify:
-            body = json.dumps(payload(claimed, self.language), ensure_ascii=False)
-            await conn.execute(QUERIES["notify_alert"], body)
-        return claimed
+    @staticmethod
+    def _sinks(sinks: list[str], notify: bool) -> list[str]:
+        """The delivery rows to create: NOTIFY's, sent in the claiming statement, last."""
+        return [*sinks, "pg_notify"] if notify else list(sinks)
 
     async def _contract(self, conn: asyncpg.Connection, contract_id: str | None) -> Contract | None:
         if contract_id is None:

@@ -150,11 +150,15 @@ class Mailbox:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[Envelope] = []
         self.received = asyncio.Event()
+        self.on_message: Callable[[EmailMessage], None] | None = None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.envelopes.append(envelope)
         content = envelope.original_content or b""
-        self.messages.append(message_from_bytes(content, policy=policy.default))  # type: ignore[arg-type]
+        message = message_from_bytes(content, policy=policy.default)
+        self.messages.append(message)  # type: ignore[arg-type]
+        if self.on_message is not None:
+            self.on_message(message)  # type: ignore[arg-type]
         self.received.set()
         return "250 OK"
 

@@ -373,16 +373,14 @@ async def daemon_statements(conn: asyncpg.Connection) -> None:
     """Every statement the daemon's alerts run, on this connection."""
     day, now = date(2026, 11, 24), datetime.now(UTC)
     assert await conn.fetch(QUERIES["clients_with_number"], NUMBER)
-    assert await conn.fetch(QUERIES["settled_days"], "romashka", ["K1"], date(2026, 1, 1), date(2027, 1, 1))
-    await conn.fetch(QUERIES["settled_totals"], "romashka", ["K1"])
-    await conn.fetch(QUERIES["raised_alerts"], "romashka", ["K1"], day, [day])
-    await conn.fetch(QUERIES["recorded_among"], ["earlier"])
+    view = await conn.fetchrow(QUERIES["alert_view"], "romashka", ["K1"], date(2026, 1, 1), date(2027, 1, 1),
+                               [day], ["earlier"])  # fmt: skip
+    assert json.loads(view["days"]) and view["recorded"] == ["earlier"]
     claimed = await conn.fetchval(
-        QUERIES["claim_alert"], "romashka", "K1", "daily", 80, day, day, None, "msk", None, now, "{}"
-    )
-    await conn.fetchval(QUERIES["claim_notice"], "romashka", "K1", "matched", "msk:9", "msk", now, "{}")
-    await conn.execute(QUERIES["add_deliveries"], claimed, ["webhook", "pg_notify"])
-    await conn.execute(QUERIES["notify_alert"], "{}")
+        QUERIES["claim_alert"], "romashka", "K1", "daily", 80, day, day, None, "msk", None, now, "{}",
+        ["webhook", "pg_notify"],
+    )  # fmt: skip
+    await conn.fetchval(QUERIES["claim_notice"], "romashka", "K1", "matched", "msk:9", "msk", now, "{}", [])
     await conn.execute(QUERIES["delivery_attempted"], claimed, "webhook", "sent", 1, None)
     await conn.fetch(QUERIES["pending_deliveries"], "msk")
     live = ["msk:1"], ["romashka"], ["K1"], ["c"], [None], ["101"], [now], [now], [1], [1], [True], [True]
