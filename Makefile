@@ -19,8 +19,9 @@ test: install
 	$(PY) -m pytest
 
 # Throughput and memory figures of the AMI pipeline, then what faults cost, then the ledger's
-# recording latency, views and rerate on a database of 1M conversations it builds and drops
-# (prints, asserts nothing; `benchmarks/ledger.py --conversations 10000000` for the large run).
+# recording latency, views and rerate on a database of 1M conversations it builds and drops, then
+# the alerts' latency and cost (prints, asserts nothing; `benchmarks/ledger.py --conversations
+# 10000000` for the large run).
 bench: install
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/faults.py

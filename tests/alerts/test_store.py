@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -24,6 +25,7 @@ from daemon.alerts.sinks import EmailSink, WebhookSink
 from daemon.alerts.store import QUERIES
 from daemon.cli import main
 from tests.accounting.accounting_helpers import conversation_dict
+from tests.db import admin, unique_name
 
 from .backends import PostgresBackend
 from .line import MIN, NUMBER, Line, contract, quota
@@ -387,3 +389,19 @@ async def daemon_statements(conn: asyncpg.Connection) -> None:
     await conn.execute(QUERIES["put_live_conversations"], "msk", *live, [False], [False])
     await conn.execute(QUERIES["keep_live_conversations"], "msk", ["msk:1"])
     await conn.execute(QUERIES["drop_live_conversations"], ["msk:1"])
+
+
+async def test_the_accountant_can_run_talkmeter_quota(
+    pool: asyncpg.Pool, today_client: PostgresBackend, db_dsn: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    accountant = unique_name("tm_accountant")
+    await admin(f"CREATE ROLE {accountant} LOGIN PASSWORD 'pw' IN ROLE talkmeter_accountant")
+    parts = urlsplit(db_dsn)
+    accountant_dsn = urlunsplit(parts._replace(netloc=f"{accountant}:pw@{parts.netloc.rpartition('@')[2]}"))
+    try:
+        monkeypatch.setenv("TALKMETER_DATABASE_URL", accountant_dsn)
+        assert await asyncio.to_thread(main, ["quota", "romashka"]) == 0
+        assert capsys.readouterr().out.splitlines()[1].startswith("romashka")
+    finally:
+        await admin(f"DROP ROLE {accountant}")
