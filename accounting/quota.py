@@ -57,7 +57,7 @@ from zoneinfo import ZoneInfo
 
 from accounting.contracts import Contract
 from accounting.conversations import Interval
-from accounting.rating import local_date, local_midnight_ms
+from accounting.rating import Charge, local_date, local_midnight_ms
 
 AlertKind = Literal["daily", "prepaid", "overrun"]
 ALERT_KINDS: tuple[AlertKind, ...] = ("daily", "prepaid", "overrun")
@@ -190,6 +190,20 @@ def standing(
 ) -> Standing:
     """What is used and left at `now_ms`, counting the talk of the conversations in progress."""
     return plan(contract, timezone, settled, live, now_ms).standing
+
+
+def settled_of(charges: Iterable[Charge]) -> Settled:
+    """What rated conversations consumed, as the ledger's running state holds it."""
+    days: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])
+    prepaid = paid = 0
+    for charge in charges:
+        prepaid, paid = prepaid + charge.prepaid_ms, paid + charge.paid_ms
+        for usage in charge.days:
+            totals = days[usage.day]
+            totals[0] += usage.free_ms
+            totals[1] += usage.prepaid_ms
+            totals[2] += usage.paid_ms
+    return Settled({day: SettledDay(*totals) for day, totals in days.items()}, prepaid, paid)
 
 
 def alert_keys(contract: Contract, day: date) -> list[AlertKey]:

@@ -54,6 +54,26 @@ CREATE TABLE talkmeter.notification_deliveries (
 CREATE INDEX notification_deliveries_pending ON talkmeter.notification_deliveries (notification_id)
     WHERE state = 'pending';
 
+-- What follows a claim, in the claiming statement: one pending delivery row per sink, and when
+-- 'pg_notify' is among them, NOTIFY talkmeter_alerts with the payload (its `id` filled in), which
+-- PostgreSQL delivers at commit; so its row is written as sent. Returns the id.
+CREATE FUNCTION talkmeter.claimed(notification bigint, sinks text[], body jsonb) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
+    SELECT notification, sink,
+           CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
+           CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
+           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
+           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
+      FROM unnest(sinks) AS sink;
+    IF 'pg_notify' = ANY(sinks) THEN
+        PERFORM pg_notify('talkmeter_alerts', (body || jsonb_build_object('id', notification))::text);
+    END IF;
+    RETURN notification;
+END
+$$;
+
 -- The conversations in progress, as their daemon last wrote them: how live talk reaches
 -- quota_now. A daemon writes a row when it matches a conversation to a contract and again at
 -- every talk or hold change (as_of: the PBX's time of that change), and removes it once the

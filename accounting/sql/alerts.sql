@@ -24,9 +24,8 @@ SELECT
            WHERE conversation_id = ANY($6::text[])) AS recorded;
 
 -- name: claim_alert
--- The decision's row, its pending delivery rows (one per sink in $12; NOTIFY, when in it, is sent
--- here, so its row is sent) and the NOTIFY itself, in one statement: no row comes back when this
--- alert of this period was already claimed.
+-- The decision's row, then its delivery rows and NOTIFY (talkmeter.claimed), in one statement:
+-- no row comes back when this alert of this period was already claimed.
 WITH claimed AS (
     INSERT INTO talkmeter.notifications (
         type, client_id, contract_id, kind, percent, period_start, period_end, match, conversation_id,
@@ -34,20 +33,8 @@ WITH claimed AS (
     VALUES ('quota.alert', $1, $2, $3, $4, $5, $6, 'matched', $7, $8, $9, $10, $11::jsonb)
     ON CONFLICT (client_id, contract_id, kind, percent, period_start) WHERE type = 'quota.alert' DO NOTHING
     RETURNING notification_id, payload
-), deliveries AS (
-    INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
-    SELECT c.notification_id, sink,
-           CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
-           CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
-           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
-           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
-      FROM claimed c, unnest($12::text[]) AS sink
 )
-SELECT notification_id,
-       CASE WHEN 'pg_notify' = ANY($12::text[])
-            THEN pg_notify('talkmeter_alerts', (payload || jsonb_build_object('id', notification_id))::text)
-       END AS notified
-  FROM claimed;
+SELECT talkmeter.claimed(notification_id, $12::text[], payload) FROM claimed;
 
 -- name: claim_notice
 -- The same for a call-start notice, once per conversation.
@@ -57,20 +44,8 @@ WITH claimed AS (
     VALUES ('call.started', $1, $2, $3, $4, $5, $6, $7::jsonb)
     ON CONFLICT (conversation_id) WHERE type = 'call.started' DO NOTHING
     RETURNING notification_id, payload
-), deliveries AS (
-    INSERT INTO talkmeter.notification_deliveries (notification_id, sink, state, attempts, last_attempt_at, sent_at)
-    SELECT c.notification_id, sink,
-           CASE WHEN sink = 'pg_notify' THEN 'sent' ELSE 'pending' END,
-           CASE WHEN sink = 'pg_notify' THEN 1 ELSE 0 END,
-           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END,
-           CASE WHEN sink = 'pg_notify' THEN clock_timestamp() END
-      FROM claimed c, unnest($8::text[]) AS sink
 )
-SELECT notification_id,
-       CASE WHEN 'pg_notify' = ANY($8::text[])
-            THEN pg_notify('talkmeter_alerts', (payload || jsonb_build_object('id', notification_id))::text)
-       END AS notified
-  FROM claimed;
+SELECT talkmeter.claimed(notification_id, $8::text[], payload) FROM claimed;
 
 -- name: delivery_attempted
 UPDATE talkmeter.notification_deliveries

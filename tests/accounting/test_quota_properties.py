@@ -22,12 +22,12 @@ from accounting.quota import (
     LiveConversation,
     OpenStretch,
     Settled,
-    SettledDay,
     alert_keys,
     plan,
+    settled_of,
     threshold_ms,
 )
-from accounting.rating import Charge, local_date, local_midnight_ms, rate_contract
+from accounting.rating import local_date, local_midnight_ms, rate_contract
 
 # Close to local midnights (Moscow, Berlin, Santiago, Kolkata, UTC) and around DST changes.
 ORIGINS = [
@@ -51,22 +51,7 @@ class Case:
     now: int
 
     def settled(self) -> Settled:
-        return settled_usage(rate_contract(self.contract, self.zone, self.settled_talks))
-
-
-def settled_usage(charges: list[Charge]) -> Settled:
-    days: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for charge in charges:
-        for usage in charge.days:
-            totals = days[usage.day]
-            totals[0] += usage.free_ms
-            totals[1] += usage.prepaid_ms
-            totals[2] += usage.paid_ms
-    return Settled(
-        {day: SettledDay(*totals) for day, totals in days.items()},
-        sum(c.prepaid_ms for c in charges),
-        sum(c.paid_ms for c in charges),
-    )
+        return settled_of(rate_contract(self.contract, self.zone, self.settled_talks))
 
 
 @st.composite

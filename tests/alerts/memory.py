@@ -15,7 +15,7 @@ from typing import Any
 
 from accounting.contracts import Contract
 from accounting.conversations import Talk, parse_conversation
-from accounting.quota import AlertKey, Settled, SettledDay
+from accounting.quota import AlertKey, Settled, settled_of
 from accounting.rating import rate_contract
 from daemon.alerts.delivery import DeliveryState
 from daemon.alerts.engine import ClientQuota, Decide, LiveRow, SinksFor, StoreView
@@ -42,19 +42,7 @@ class MemoryStore:
 
     def settled(self, contract: Contract) -> Settled:
         timezone = next(q.info.timezone for q in self.clients.values() if contract in q.contracts)
-        charges = rate_contract(contract, timezone, self.talks[contract.contract_id])
-        days: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for charge in charges:
-            for usage in charge.days:
-                totals = days[usage.day]
-                totals[0] += usage.free_ms
-                totals[1] += usage.prepaid_ms
-                totals[2] += usage.paid_ms
-        return Settled(
-            {day: SettledDay(*totals) for day, totals in days.items()},
-            sum(c.prepaid_ms for c in charges),
-            sum(c.paid_ms for c in charges),
-        )
+        return settled_of(rate_contract(contract, timezone, self.talks[contract.contract_id]))
 
     @property
     def keys(self) -> list[AlertKey]:
