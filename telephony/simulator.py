@@ -671,7 +671,13 @@ class AmiSimulator:
         elif action == "bridgelist":
             self._send_list(client, action_id, "BridgeListComplete", "Bridge listing will follow",
                             self.state.bridge_list(action_id))  # fmt: skip
-        elif action == "coresettings":
+        else:
+            self._answer_more(client, frame, headers, action, action_id)
+
+    def _answer_more(self, client: _Client, frame: bytes, headers: dict[str, str], action: str,
+                     action_id: str) -> None:  # fmt: skip
+        """The actions beyond following calls: settings, endpoints, UserEvent; the rest is unknown."""
+        if action == "coresettings":
             client.write(_frame([("Response", "Success"), ("ActionID", action_id),
                                  ("AMIversion", self.ami_version), ("AsteriskVersion", self.asterisk_version),
                                  ("SystemName", ""), ("CoreMaxCalls", "0")]))  # fmt: skip

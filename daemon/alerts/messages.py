@@ -39,7 +39,8 @@ class CallInfo:
     conversation_id: str
     pbx: str
     channel: str
-    direction: str
+    direction: str | None
+    """inbound, outbound, or None while the call model cannot tell yet"""
     client_number: str | None
     client_number_raw: str
     line: str | None
