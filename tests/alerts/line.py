@@ -137,7 +137,10 @@ class Line:
 
 
 def alerts(receiver: HttpReceiver) -> list[dict[str, Any]]:
-    return [r.json() for r in receiver.requests if r.json()["type"] == "quota.alert"]
+    """The alerts received, in the order they were claimed (each delivery is a task of its own,
+    so two claimed together may arrive either way round)."""
+    received = [r.json() for r in receiver.requests if r.json()["type"] == "quota.alert"]
+    return sorted(received, key=lambda alert: alert["id"])
 
 
 def crossings(receiver: HttpReceiver) -> list[tuple[str, int | None, str]]:
