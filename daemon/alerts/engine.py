@@ -412,7 +412,7 @@ class AlertEngine:
         self._board_gone.add(conversation_id)
         if call is not None:
             call.recorded = True  # from now on it is in the settled usage, never live talk
-        if client_id is None:
+        if client_id is None or contract_id is None:  # unmatched, unanswered: no usage changed
             if call is not None and call.client_id in self._clients:
                 self._forget_call(self._clients[call.client_id], conversation_id)
             return
