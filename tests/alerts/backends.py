@@ -29,6 +29,10 @@ class Backend(Protocol):
         """(kind, percent, period start) of every alert claimed, in claiming order."""
         ...
 
+    async def live(self) -> dict[str, tuple[int, int, bool]]:
+        """The calls in progress written for quota_now: (talk_ms, counted_ms, on hold)."""
+        ...
+
 
 class MemoryBackend:
     def __init__(self, clients: Sequence[ClientQuota], numbers: dict[str, list[str]]) -> None:
@@ -44,6 +48,9 @@ class MemoryBackend:
 
     async def claimed(self) -> list[tuple[str, int, str]]:
         return [(key.kind, key.percent, key.period_start.isoformat()) for key in self.store.keys]
+
+    async def live(self) -> dict[str, tuple[int, int, bool]]:
+        return {cid: (row.talk_ms, row.counted_ms, row.on_hold) for cid, row in self.store.live.items()}
 
 
 class PostgresBackend:
@@ -77,3 +84,9 @@ class PostgresBackend:
             "WHERE type = 'quota.alert' ORDER BY notification_id"
         )
         return [(row["kind"], row["percent"], row["period_start"].isoformat()) for row in rows]
+
+    async def live(self) -> dict[str, tuple[int, int, bool]]:
+        rows = await self.pool.fetch(
+            "SELECT conversation_id, talk_ms, counted_ms, on_hold FROM talkmeter.live_conversations"
+        )
+        return {row["conversation_id"]: (row["talk_ms"], row["counted_ms"], row["on_hold"]) for row in rows}

@@ -257,3 +257,25 @@ async def test_two_engines_racing_on_one_client_send_once(backend_for: Make, web
     assert [c[:2] for c in crossings(webhook)] == [("daily", 80)]
     assert len([r for r in webhook.requests if r.json()["type"] == "call.started"]) == 1
     assert one.engine.raised + two.engine.raised == 1
+
+
+async def test_the_calls_in_progress_are_written_for_quota_now_until_recorded(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    backend = await backend_for(contract(free_daily_minutes=10, hold_billable=False))
+    async with Line(backend, webhook) as line:
+        client, agent = line.call()
+        await line.play()
+        await line.wait(2 * MIN)
+        line.pbx.hold(agent)
+        await line.play()
+        await line.wait(MIN)
+        await line.engine.flush_board()
+        (figures,) = (await backend.live()).values()
+        assert figures == (180_000, 120_000, True)  # three minutes of talk, the last one on hold
+        line.pbx.unhold(agent)
+        line.pbx.hangup(client, agent)
+        await line.play()
+        await line.record(line.ended[0])
+        await line.engine.flush_board()
+        assert await backend.live() == {}
