@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ import structlog
 from accounting.ledger import RecordResult, RetryableStorageError, record_conversation
 from accounting.migrate import SchemaError, check_schema
 from daemon import systemd
+from daemon.alerts.engine import AlertEngine
 from daemon.alerts.setup import build_engine
 from daemon.journal import DiskThread, Quarantine, encode, read_file, scan, write_atomically
 from daemon.live import OnEffect, Pipeline, stop_on_signals
@@ -276,12 +277,7 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
     tracker = settings.call_tracker()
     alerts = build_engine(settings, database.pool, tracker, lambda: pipeline.link, is_transient, metrics)
 
-    async def record(conversation: dict[str, Any]) -> RecordResult:
-        result = await database.record(conversation)
-        if alerts is not None and result.status != "duplicate":
-            alerts.recorded(conversation, result.client_id, result.contract_id)
-        return result
-
+    record = _recording(database, alerts)
     writer = ConversationWriter(record, Spool(spool_dir), is_transient, disk=disk, metrics=metrics)
     checkpoints = Checkpoints(spool_dir)
     deaths = TaskDeaths(spool_dir)
@@ -318,13 +314,8 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
             name="checkpointer",
         ),
         asyncio.create_task(writer.spool_failure(), name="spool"),
+        *_side_tasks(writer, alerts),
     ]
-    if alerts is not None:
-        tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
-        tasks.append(asyncio.create_task(alerts.board_forever(), name="alerts-board"))
-    watchdog = systemd.watchdog_interval()
-    if watchdog is not None:
-        tasks.append(asyncio.create_task(_watchdog_forever(writer, watchdog), name="watchdog"))
     systemd.notify("READY=1")
     log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
     death = None
@@ -350,6 +341,32 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         raise StopForced(stuck, death)
     if death is not None:
         raise death
+
+
+def _side_tasks(writer: ConversationWriter, alerts: AlertEngine | None) -> list[asyncio.Task[None]]:
+    """The alert engine's tasks (when alerts are on) and the systemd watchdog (when asked for)."""
+    tasks = []
+    if alerts is not None:
+        tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
+        tasks.append(asyncio.create_task(alerts.board_forever(), name="alerts-board"))
+    watchdog = systemd.watchdog_interval()
+    if watchdog is not None:
+        tasks.append(asyncio.create_task(_watchdog_forever(writer, watchdog), name="watchdog"))
+    return tasks
+
+
+def _recording(
+    database: Database, alerts: AlertEngine | None
+) -> Callable[[dict[str, Any]], Awaitable[RecordResult]]:
+    """Record in the database, then tell the alerts what was committed (crossings known only now)."""
+
+    async def record(conversation: dict[str, Any]) -> RecordResult:
+        result = await database.record(conversation)
+        if alerts is not None and result.status != "duplicate":
+            alerts.recorded(conversation, result.client_id, result.contract_id)
+        return result
+
+    return record
 
 
 def _both(first: OnEffect | None, second: OnEffect | None) -> OnEffect | None:

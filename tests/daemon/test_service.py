@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from accounting.ledger import RecordResult
 from daemon.cli import main
 from daemon.service import Checkpoints, Database, serve
 from daemon.settings import Settings
@@ -33,13 +34,14 @@ class WatchedDatabase(Database):
         self.recorded = asyncio.Event()
         self.failed = asyncio.Event()
 
-    async def record(self, conversation: dict[str, Any]) -> None:
+    async def record(self, conversation: dict[str, Any]) -> RecordResult:
         try:
-            await super().record(conversation)
+            result = await super().record(conversation)
         except Exception:
             self.failed.set()
             raise
         self.recorded.set()
+        return result
 
 
 def settings(port: int, dsn: str, spool: Path, **extra: Any) -> Settings:
