@@ -331,7 +331,7 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
     finally:
         stuck = await cancel_within(tasks, STOP_CANCEL_SECONDS) + _forced_inside(tasks)
         if alerts is not None:
-            await alerts.close()  # deliveries still being tried stay pending, for the next start
+            await _close_alerts(alerts)
         await database.close()
         if metrics.server is not None:
             metrics.server.close()
@@ -341,6 +341,16 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         raise StopForced(stuck, death)
     if death is not None:
         raise death
+
+
+async def _close_alerts(alerts: AlertEngine) -> None:
+    """Deliveries still being tried stay pending, for the next start; a sink that does not let go
+    within the bound is left behind rather than holding up the stop."""
+    try:
+        async with asyncio.timeout(STOP_CANCEL_SECONDS):
+            await alerts.close()
+    except TimeoutError:
+        log.warning("alerts.close_timeout", waited=STOP_CANCEL_SECONDS)
 
 
 def _side_tasks(writer: ConversationWriter, alerts: AlertEngine | None) -> list[asyncio.Task[None]]:
