@@ -1168,8 +1168,12 @@ def _is_segment(value: object) -> bool:
 
 
 def _is_open_segment(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 3 and _is_name(value[0]) and _is_time(value[1]) and (
-        isinstance(value[2], bool)
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and _is_name(value[0])
+        and _is_time(value[1])
+        and isinstance(value[2], bool)
     )
 
 
