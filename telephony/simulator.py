@@ -16,6 +16,15 @@ the replay whenever no client is logged in (a client killed and restarted, in th
 PBX is frozen while nobody listens, so a test measures what the client loses, not what no client
 could have seen.
 
+Several clients (two talkmeter instances following one PBX) share the one replay: every client
+logged in gets the same events at the same moments. `start_clients` makes the replay (and its
+resumption after a drop cue) wait until that many clients are logged in, so that each of them sees
+the trace from its first event. Once it runs, clients come and go without the replay waiting for
+anyone: a client that is killed (its connection reset) simply misses what happens while it is away
+and gets the present (lists, then events) after its next login. A client that stops reading
+(a frozen process) is dropped once a write to it has waited `write_timeout` seconds, as Asterisk
+drops a manager session after `writetimeout`; the others never wait longer than that for it.
+
 Each event is due at `(its time - first time) / speed` after the start (`speed=0`: as fast as the
 socket takes it). Its time is its `Timestamp` header, or for traces recorded without one the
 receive time from the `.ami.timing` sidecar. The PBX's clock (`now()`, which stamps Ping answers
@@ -71,6 +80,7 @@ _PRIVILEGE = re.compile(rb"\r\nPrivilege: ([^\r]*)")
 _END = b"\r\n\r\n"
 _MARKER = b"#####"
 _BATCH = 256  # events per write when several are due at once (speed 0, bursts)
+_BEHIND = 1 << 20  # bytes queued for a client beyond which the replay waits for it (write_timeout)
 #: events whose headers the simulator reads to know which channels and bridges exist
 STATE_EVENTS = frozenset(
     {
@@ -360,6 +370,11 @@ class _Client:
         with contextlib.suppress(Exception):
             self.writer.close()
 
+    def abort(self) -> None:
+        """Close without flushing what the client never read (a graceful close would wait for it)."""
+        self.closed = True
+        self.writer.transport.abort()
+
 
 Splitter = Callable[[bytes], Sequence[int]]
 
@@ -388,7 +403,11 @@ class AmiSimulator:
         asterisk_version: str = "22.10.1",
         endpoints: dict[str, list[str]] | None = None,
         pause_when_alone: bool = False,
+        start_clients: int = 1,
+        write_timeout: float = 2.0,
     ) -> None:
+        """`start_clients`: logins the replay waits for before it starts (and resumes after a drop).
+        `write_timeout`: seconds a write may wait for a client that does not read before it is dropped."""
         self.trace = trace
         self.timestampevents = timestampevents
         self.read = None if read is None else frozenset(read)  # None: read = all
@@ -401,6 +420,8 @@ class AmiSimulator:
         self.pause_after_drop = pause_after_drop
         self.start_on_login = start_on_login
         self.pause_when_alone = pause_when_alone
+        self.start_clients = start_clients
+        self.write_timeout = write_timeout
         # faults, settable at any time
         self.refuse_logins = False
         self.deny_actions: set[str] = set()
@@ -413,6 +434,8 @@ class AmiSimulator:
         self.user_events: list[dict[str, str]] = []  # headers as sent, case kept, Action dropped
         self.user_event_received = asyncio.Event()
         self.sent_events = 0
+        self.waits_for_clients = 0  # times the running replay stopped to wait for logins
+        self.dropped_slow = 0  # clients dropped because they did not read within write_timeout
         self.state = PbxState()
         self.finished = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -550,6 +573,7 @@ class AmiSimulator:
         """Wait until a client is ready again, the PBX's clock standing still meanwhile."""
         origin, self._trace_now, self._origin = self._origin, self.now(), None
         started = time.monotonic()
+        self.waits_for_clients += 1
         await self._ready.wait()
         self._origin = (origin or 0.0) + time.monotonic() - started
 
@@ -567,12 +591,24 @@ class AmiSimulator:
                     await self._write_split(client, raw, self.split_writes(raw))
             return
         data = b"".join(batch)
+        behind = []
         for client in receivers:
             client.write(data)
-            if client.writer.transport.get_write_buffer_size() > 1 << 20:
-                with contextlib.suppress(ConnectionError):
-                    await client.writer.drain()
+            if not client.closed and client.writer.transport.get_write_buffer_size() > _BEHIND:
+                behind.append(client)
+        if behind:  # wait for the slow ones together, each for at most write_timeout
+            await asyncio.gather(*(self._drain_or_drop(client) for client in behind))
         await asyncio.sleep(0)  # let the clients (the same loop, in tests) read
+
+    async def _drain_or_drop(self, client: _Client) -> None:
+        try:
+            await asyncio.wait_for(client.writer.drain(), self.write_timeout)
+        except ConnectionError:
+            client.close()
+        except TimeoutError:
+            log.info("simulator.client_dropped", reason="not reading", write_timeout=self.write_timeout)
+            self.dropped_slow += 1
+            client.abort()
 
     async def _write_split(self, client: _Client, raw: bytes, cuts: Sequence[int]) -> None:
         # Separate writes with a pause between them, so the pieces arrive in separate TCP reads.
@@ -655,7 +691,7 @@ class AmiSimulator:
         if action == "login":
             self._on_login(client, headers, action_id)
             return
-        if client.logged_in:
+        if client.logged_in and self.clients >= self.start_clients:
             self._set_ready(True)  # the replay task runs after this answer is written
         if not client.logged_in or action in {name.lower() for name in self.deny_actions}:
             client.write(_response("Error", action_id, "Permission denied"))
@@ -708,7 +744,7 @@ class AmiSimulator:
         client.logged_in = True
         # The replay (re)starts once the client has asked its first question after login (its
         # resync, normally), or after a grace period: deterministic tests at any speed.
-        if not self._ready.is_set() and self._grace is None:
+        if not self._ready.is_set() and self._grace is None and self.clients >= self.start_clients:
             self._grace = asyncio.get_running_loop().call_later(self.ready_grace, self._set_ready, True)
         if self.start_on_login:
             self.start_replay()

@@ -1,9 +1,10 @@
 """`talkmeter simulate TRACE.ami`: an AMI server replaying a recorded trace (try talkmeter without a PBX).
 
 It listens like Asterisk (banner, Login/Logoff, Ping, CoreShowChannels, BridgeList), starts the
-replay when the first client logs in, and keeps serving until interrupted. The secret clients must
-give is read from the environment variable named by `--secret-env` (never from the command line);
-when that variable is unset, any secret is accepted.
+replay when the first client logs in (or the first `--clients N`: two talkmeter instances following
+one PBX), sends every logged-in client the same replay, and keeps serving until interrupted. The
+secret clients must give is read from the environment variable named by `--secret-env` (never
+from the command line); when that variable is unset, any secret is accepted.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def register(subparsers: Any) -> None:
         default="TALKMETER_AMI_SECRET",
         help="env variable holding the secret (unset: any secret is accepted)",
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start the replay once N clients are logged in (two talkmeter instances: 2; default 1)",
+    )
     parser.add_argument("--exit-at-end", action="store_true", help="stop once the trace has been replayed")
     parser.set_defaults(func=run)
 
@@ -45,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no such trace: {args.trace}")
     if args.speed < 0:
         raise ConfigError("--speed must be 0 (as fast as possible) or more")
+    if args.clients < 1:
+        raise ConfigError("--clients must be 1 or more")
     configure_logging("info")
     secret = os.environ.get(args.secret_env) or None
     simulator = AmiSimulator(
@@ -54,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         user=args.user,
         secret=secret,
         speed=args.speed,
+        start_clients=args.clients,
     )
     return asyncio.run(_serve(simulator, args.exit_at_end))
 

@@ -49,6 +49,12 @@ def test_simulate_and_demo_check_their_trace(capsys: pytest.CaptureFixture[str])
     assert err.count("/nonexistent.ami") == 2
 
 
+def test_simulate_needs_at_least_one_client_to_start(capsys: pytest.CaptureFixture[str]) -> None:
+    trace = str(TRACES / "hold.ami")
+    assert main(["simulate", trace, "--port", "0", "--clients", "0"]) == 2
+    assert "--clients must be 1 or more" in capsys.readouterr().err
+
+
 def test_logs_are_json_lines_and_secrets_are_redacted() -> None:
     stream = io.StringIO()
     configure_logging("info", stream)
