@@ -317,7 +317,13 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         *_side_tasks(writer, alerts),
     ]
     systemd.notify("READY=1")
-    log.info("service.started", pbx=settings.pbx, ami_host=settings.ami_host, ami_user=settings.ami_user)
+    log.info(
+        "service.started",
+        pbx=settings.pbx,
+        instance=settings.instance,
+        ami_host=settings.ami_host,
+        ami_user=settings.ami_user,
+    )
     death = None
     stuck: list[str] = []
     try:

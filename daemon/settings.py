@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,23 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SECRET_SETTINGS = frozenset({"ami_secret", "database_url"})
 MASK = "********"
+#: what a pbx or instance name may be: it names a directory and goes into ids and the ledger
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def this_host() -> str:
+    """The default `instance`: the host name, cut to what `instance` accepts (so it is always valid)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:64]
+    return name or "talkmeter"
+
+
+def _instance_name(value: str) -> str:
+    if not _SAFE_NAME.fullmatch(value):
+        raise ValueError(
+            "use 1 to 64 ASCII letters, digits, '.', '_', '-' (a letter or digit first); it names this "
+            "daemon in the ledger: the host name, e.g. pbx-a.example"
+        )
+    return value
 
 
 def _port(value: int) -> int:
@@ -46,7 +64,6 @@ def _port(value: int) -> int:
 
 
 Port = Annotated[int, AfterValidator(_port)]
-_PBX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Settings(BaseSettings):
@@ -73,6 +90,8 @@ class Settings(BaseSettings):
     talk_debounce: float = Field(1.0, ge=0)
     default_region: str = "RU"
     pbx: str = "default"
+    #: which daemon this is, when several follow one PBX (written with every conversation it measures)
+    instance: Annotated[str, AfterValidator(_instance_name)] = Field(default_factory=this_host)
     # Storage
     database_url: SecretStr | None = None
     database_timeout: float = Field(15.0, gt=0)
@@ -137,7 +156,7 @@ class Settings(BaseSettings):
     @classmethod
     def _safe_pbx_name(cls, name: str) -> str:
         # The name is a directory under spool_dir and the prefix of every conversation id.
-        if not _PBX_NAME.fullmatch(name):
+        if not _SAFE_NAME.fullmatch(name):
             raise ValueError("use 1 to 64 ASCII letters, digits, '.', '_', '-' (a letter or digit first)")
         return name
 

@@ -127,6 +127,10 @@ MISTAKES: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch], list[str]], str]]
         lambda tmp, mp: _file(tmp, b"ami_reconnect_min = 10\nami_reconnect_max = 1\n"),
         r"ami_reconnect_min \(10\) is greater than ami_reconnect_max \(1\): make the minimum the smaller one",
     ),
+    "instance with a space": (
+        lambda tmp, mp: _env(mp, TALKMETER_INSTANCE="pbx a"),
+        r"instance = 'pbx a' from TALKMETER_INSTANCE: use 1 to 64 ASCII letters, digits, '\.', '_', '-'",
+    ),
     "default_region ZZ": (
         lambda tmp, mp: _file(tmp, b'default_region = "ZZ"\n'),
         r"default_region = 'ZZ' in .*talkmeter\.toml: must be a two-letter region code .* such as RU",
@@ -187,6 +191,24 @@ def test_check_config_shows_every_setting_its_source_and_masks_secrets(
     assert capsys.readouterr().err == (
         "talkmeter: no database: set TALKMETER_DATABASE_URL (or database_url in the config file)\n"
     )
+
+
+def test_instance_defaults_to_the_host_name_and_is_shown_by_check_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TALKMETER_INSTANCE", raising=False)
+    monkeypatch.setattr("socket.gethostname", lambda: "pbx-a.example")
+    assert load_settings().instance == "pbx-a.example"
+    monkeypatch.setattr("socket.gethostname", lambda: "_odd host/" + "x" * 80)
+    odd = load_settings().instance
+    assert odd.startswith("odd-host-") and len(odd) == 64  # always a valid name
+    monkeypatch.setenv("TALKMETER_INSTANCE", "standby-2")
+    assert load_settings().instance == "standby-2"
+    monkeypatch.setenv("TALKMETER_AMI_SECRET", "x")
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", "postgresql://h/db")
+    assert main(["check-config"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("instance "))
+    assert row.split() == ["instance", "environment", "TALKMETER_INSTANCE", '"standby-2"']
 
 
 def test_the_database_url_is_checked_without_ever_repeating_it() -> None:
