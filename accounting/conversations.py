@@ -74,6 +74,8 @@ class FinishedConversation:
     wait_ms: int | None
     estimated: bool
     intervals: tuple[Interval, ...]
+    instance: str | None = None
+    """The talkmeter instance that measured it (None: recorded before instances were named)."""
 
     @property
     def talk(self) -> Talk:
@@ -113,7 +115,39 @@ def _parse(data: Mapping[str, Any]) -> FinishedConversation:
         wait_ms=None if wait is None else round(float(wait) * 1000),
         estimated=bool(data.get("estimated", False)),
         intervals=intervals,
+        instance=_text(data.get("instance")),
     )
+
+
+def as_record(conversation: FinishedConversation) -> dict[str, Any]:
+    """The conversation as the call tracker's JSON dict (`parse_conversation` reads it back)."""
+    return {
+        "conversation_id": conversation.conversation_id,
+        "pbx": conversation.pbx,
+        "instance": conversation.instance,
+        "direction": conversation.direction,
+        "client_number": conversation.client_number,
+        "client_number_raw": conversation.client_number_raw,
+        "line": conversation.line,
+        "consultants": list(conversation.consultants),
+        "started_at": conversation.started_at.isoformat(),
+        "answered_at": None if conversation.answered_at is None else conversation.answered_at.isoformat(),
+        "ended_at": conversation.ended_at.isoformat(),
+        "wait_seconds": None if conversation.wait_ms is None else conversation.wait_ms / 1000,
+        "talk_seconds": conversation.talk.talk_ms / 1000,
+        "hold_seconds": conversation.talk.hold_ms / 1000,
+        "segments": [
+            {
+                "consultant": interval.consultant,
+                "start": from_ms(interval.start_ms).isoformat(),
+                "end": from_ms(interval.end_ms).isoformat(),
+                "seconds": interval.ms / 1000,
+                "hold": interval.hold,
+            }
+            for interval in conversation.intervals
+        ],
+        "estimated": conversation.estimated,
+    }
 
 
 def _text(value: object) -> str | None:

@@ -23,6 +23,7 @@ PURE_MODULES = [
     "accounting.postings",
     "accounting.usage",
     "accounting.quota",
+    "accounting.versions",
 ]
 FORBIDDEN = ["asyncio", "asyncpg", "panoramisk", "socket", "structlog"]
 
