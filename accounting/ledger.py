@@ -41,6 +41,16 @@ conversation straddles, each rated from the running state the previous window le
 range only and holds one window in memory. `rerate --full` queues every client from its first
 conversation. Recordings of a client wait while it is re-rated.
 
+Several instances may record the same conversation (the standby set-up, see `versions`): each
+arrival takes the conversation's transaction lock first, then compares itself with the version
+the ledger keeps. A first version is recorded as above; the same measurement again changes
+nothing; a version that is not better is stored beside the kept one for audit; an exact version
+superseding an estimated one replaces the conversation's facts (the old version is stored beside
+it, the conversation's keys move to its start) and its client is re-rated from the earlier of the
+two starts, as `rerate` does, so the change reaches the ledger as adjustment rows. Locks are
+always taken conversation first, then client, so two instances writing the same conversations at
+once, in any order, neither deadlock nor double anything.
+
 Errors: `InvalidConversation` (from `conversations`) means the input is wrong and retrying is
 useless; `RetryableStorageError` means the database was unreachable or aborted the transaction;
 nothing was written and the caller should keep the conversation and try again later.
@@ -66,6 +76,7 @@ from accounting.postings import plan_postings
 from accounting.queries import QUERIES
 from accounting.rating import Charge, choose_contract, local_date, local_midnight_ms, rate_client
 from accounting.usage import Usage, plan_usage, prior_usage
+from accounting.versions import SET_ASIDE, Outcome, decide, differences
 
 log = structlog.get_logger("talkmeter.accounting")
 
@@ -86,6 +97,11 @@ class RecordResult:
     """The conversation's rating as posted (None unless status is 'rated')."""
     postings: int = 0
     """Ledger rows appended, including adjustments of the client's other conversations."""
+    version: Outcome = "first"
+    """What this version did (see `versions.decide`); anything but first or superseded is a
+    'duplicate' status: the ledger did not change."""
+    compared: FinishedConversation | None = None
+    """The version the ledger kept when this one arrived (None for a first version)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +129,93 @@ async def record_conversation(pool: asyncpg.Pool, conversation: Mapping[str, Any
         talk_ms=record.talk.talk_ms,
         amount=None if charge is None else str(charge.amount),
         postings=result.postings,
+        instance=record.instance,
+        version=result.version,
     )
+    _log_version(record, result)
     return result
+
+
+def _log_version(record: FinishedConversation, result: RecordResult) -> None:
+    kept = result.compared
+    if kept is None or result.version in ("first", "identical"):
+        return
+    values = {
+        "conversation_id": record.conversation_id,
+        "kept_instance": kept.instance,
+        "instance": record.instance,
+        "differences": differences(kept, record),
+        "kept_talk_ms": kept.talk.talk_ms,
+        "talk_ms": record.talk.talk_ms,
+    }
+    if result.version == "superseded":
+        log.info("conversation.superseded", **values)
+    elif result.version == "disagreed":
+        log.warning("conversation.instances_disagree", **values)
+    else:
+        log.info("conversation.version_not_better", **values, estimated=record.estimated)
 
 
 async def _record(pool: asyncpg.Pool, record: FinishedConversation) -> RecordResult:
     async with _retryable(), pool.acquire() as conn, conn.transaction():
-        if not await store.insert_conversation(conn, record):
-            return RecordResult(record.conversation_id, "duplicate")
-        client_id, status = await store.attribute(conn, record.conversation_id)
-        if client_id is None:
-            return RecordResult(record.conversation_id, cast(RecordStatus, status))
+        await store.lock_conversation(conn, record.conversation_id)
+        kept = await store.load_kept(conn, record.conversation_id)
+        if kept is None:
+            return await _record_first(conn, record)
+        outcome = decide(kept.version, record)
+        if outcome == "superseded":
+            return await _supersede(conn, kept, record)
+        if outcome in SET_ASIDE:
+            await store.set_aside(conn, record, outcome, kept.version)
+        return RecordResult(
+            record.conversation_id, "duplicate", kept.client_id, version=outcome, compared=kept.version
+        )
+
+
+async def _record_first(conn: asyncpg.Connection, record: FinishedConversation) -> RecordResult:
+    if not await store.insert_conversation(conn, record):  # a talkmeter that takes no conversation lock
+        return RecordResult(record.conversation_id, "duplicate", version="identical")
+    client_id, status = await store.attribute(conn, record.conversation_id)
+    if client_id is None:
+        return RecordResult(record.conversation_id, cast(RecordStatus, status))
+    await store.lock_client(conn, client_id)
+    return await _rate_new(conn, client_id, record.talk)
+
+
+async def _supersede(
+    conn: asyncpg.Connection, kept: store.Kept, record: FinishedConversation
+) -> RecordResult:
+    """Make an exact version the kept one, and re-rate whoever the conversation belonged to and
+    belongs to now from the earlier of the two starts. Client locks are taken before the
+    conversation's row is changed (re-rating changes rows under the client's lock), old client
+    first."""
+    conversation_id = record.conversation_id
+    if kept.client_id is not None:
+        await store.lock_client(conn, kept.client_id)
+    await store.set_aside(conn, kept.version, "superseded", record)
+    await store.replace_conversation(conn, record)
+    client_id, status = await store.attribute(conn, conversation_id)
+    if client_id is not None and client_id != kept.client_id:
         await store.lock_client(conn, client_id)
-        return await _rate_new(conn, client_id, record.talk)
+    since = min(kept.version.started_at, record.started_at)
+    postings, charge = 0, None
+    for owner in dict.fromkeys(owner for owner in (kept.client_id, client_id) if owner is not None):
+        rerated = await _rerate_from(conn, owner, since, False, f"superseded {conversation_id}")
+        postings += rerated.postings
+        charge = rerated.charges.get(conversation_id, charge)
+    final = cast(RecordStatus, status)
+    if client_id is not None:
+        final = "rated" if charge is not None else "unanswered" if record.talk.talk_ms == 0 else "no_contract"
+    return RecordResult(
+        conversation_id,
+        final,
+        client_id,
+        None if charge is None else charge.contract_id,
+        charge,
+        postings,
+        "superseded",
+        kept.version,
+    )
 
 
 async def _rate_new(conn: asyncpg.Connection, client_id: str, talk: Talk) -> RecordResult:
@@ -263,20 +353,29 @@ async def _rerate_client(conn: asyncpg.Connection, client_id: str) -> tuple[int,
     async with conn.transaction():
         await store.lock_client(conn, client_id)
         while (mark := await store.pending_rerate(conn, client_id)) is not None:
-            posted, moved = await _rerate_from(conn, client_id, mark.since, mark.reattribute)
-            postings += posted
-            gaining |= moved
+            rerated = await _rerate_from(conn, client_id, mark.since, mark.reattribute)
+            postings += rerated.postings
+            gaining |= rerated.gaining
             if await store.finish_rerate(conn, client_id, mark.revision):
                 break
     return postings, gaining
 
 
+@dataclass(frozen=True, slots=True)
+class Rerated:
+    postings: int
+    gaining: set[str]
+    """The clients the client's conversations moved to (queued for their own rerate)."""
+    charges: dict[str, Charge]
+    """The rating of the conversations re-rated, by conversation."""
+
+
 async def _rerate_from(
-    conn: asyncpg.Connection, client_id: str, since: datetime, reattribute: bool
-) -> tuple[int, set[str]]:
+    conn: asyncpg.Connection, client_id: str, since: datetime, reattribute: bool, reason: str = "rerate"
+) -> Rerated:
     client = await store.load_client(conn, client_id)
     if client is None:
-        return 0, set()
+        return Rerated(0, set(), {})
     contracts = await store.load_contracts(conn, client_id)
     gaining: dict[str, datetime] = {}
     if reattribute:
@@ -290,19 +389,20 @@ async def _rerate_from(
     if front == since:  # nothing straddles `since`: start at the first conversation or key after it
         first = await store.next_start(conn, client_id, since)
         if first is None:
-            return 0, set(gaining)
+            return Rerated(0, set(gaining), {})
         front = first
-    postings = 0
+    postings, charges = 0, {}
     while True:
         loaded, cut = await _window(conn, client_id, front, reattribute)
-        settlement = await _settle(conn, client, contracts, contracts, front, loaded.talks, cut, "rerate")
+        settlement = await _settle(conn, client, contracts, contracts, front, loaded.talks, cut, reason)
         statuses = _statuses(loaded.statuses, settlement.uncovered)
         await store.set_match_statuses(
             conn, {cid: status for cid, status in statuses.items() if loaded.stored.get(cid) != status}
         )
         postings += settlement.postings
+        charges.update(settlement.charges)
         if cut is None:
-            return postings, set(gaining)
+            return Rerated(postings, set(gaining), charges)
         front = cut
 
 

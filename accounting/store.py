@@ -18,10 +18,11 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from accounting.contracts import Client, Contract
-from accounting.conversations import FinishedConversation, Interval, Talk, from_ms, to_ms
+from accounting.conversations import FinishedConversation, Interval, Talk, as_record, from_ms, to_ms
 from accounting.postings import DayCounts, Key, LedgerState, Posting
 from accounting.queries import QUERIES
 from accounting.usage import DayKey, Running, Usage, Week
+from accounting.versions import differences, fingerprint
 
 # Contract validity is in client-local dates; any zone is within ±14 h of UTC, so this margin
 # loads every conversation a contract might cover (rating filters by the exact local date).
@@ -30,11 +31,19 @@ _ZONE_MARGIN = timedelta(days=1)
 
 async def insert_conversation(conn: asyncpg.Connection, conversation: FinishedConversation) -> bool:
     """Store the conversation and its segments; False when it was already stored."""
-    intervals = conversation.intervals
     inserted = await conn.fetchval(
         QUERIES["insert_conversation"],
         conversation.conversation_id,
         conversation.pbx,
+        *_facts(conversation),
+        *_segments(conversation),
+    )
+    return inserted is not None
+
+
+def _facts(conversation: FinishedConversation) -> list[object]:
+    """What one version of a conversation says, in the column order of its queries."""
+    return [
         conversation.direction,
         conversation.client_number,
         conversation.client_number_raw,
@@ -47,13 +56,92 @@ async def insert_conversation(conn: asyncpg.Connection, conversation: FinishedCo
         conversation.talk.talk_ms,
         conversation.talk.hold_ms,
         conversation.estimated,
+        conversation.instance,
+    ]
+
+
+def _segments(conversation: FinishedConversation) -> list[list[Any]]:
+    intervals = conversation.intervals
+    return [
         list(range(len(intervals))),
         [interval.consultant for interval in intervals],
         [from_ms(interval.start_ms) for interval in intervals],
         [from_ms(interval.end_ms) for interval in intervals],
         [interval.hold for interval in intervals],
+    ]
+
+
+async def lock_conversation(conn: asyncpg.Connection, conversation_id: str) -> None:
+    """Serialise every version of this conversation until the caller's transaction ends."""
+    await conn.execute(QUERIES["lock_conversation"], conversation_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """The version of a conversation the ledger keeps, and whom it is attributed to now."""
+
+    version: FinishedConversation
+    client_id: str | None
+
+
+async def load_kept(conn: asyncpg.Connection, conversation_id: str) -> Kept | None:
+    row = await conn.fetchrow(QUERIES["kept_version"], conversation_id)
+    if row is None:
+        return None
+    segments = zip(
+        row["starts"] or (),
+        row["ends"] or (),
+        row["holds"] or (),
+        row["segment_consultants"] or (),
+        strict=True,
     )
-    return inserted is not None
+    version = FinishedConversation(
+        conversation_id=row["conversation_id"],
+        pbx=row["pbx"],
+        direction=row["direction"],
+        client_number=row["client_number"],
+        client_number_raw=row["client_number_raw"],
+        line=row["line"],
+        consultants=tuple(row["consultants"]),
+        started_at=row["started_at"],
+        answered_at=row["answered_at"],
+        ended_at=row["ended_at"],
+        wait_ms=row["wait_ms"],
+        estimated=row["estimated"],
+        intervals=tuple(
+            Interval(to_ms(start), to_ms(end), hold, consultant) for start, end, hold, consultant in segments
+        ),
+        instance=row["instance"],
+    )
+    return Kept(version, row["client_id"])
+
+
+async def replace_conversation(conn: asyncpg.Connection, conversation: FinishedConversation) -> None:
+    """Make `conversation` the kept version: its facts and segments replace the stored ones, and
+    the conversation's ledger keys move to its start (they are read by start)."""
+    await conn.execute(QUERIES["replace_conversation"], conversation.conversation_id, *_facts(conversation))
+    await conn.execute(QUERIES["insert_segments"], conversation.conversation_id, *_segments(conversation))
+
+
+async def set_aside(
+    conn: asyncpg.Connection, version: FinishedConversation, outcome: str, compared: FinishedConversation
+) -> None:
+    """Store a version that is not (or no longer) kept, for audit; once per fingerprint."""
+    await conn.execute(
+        QUERIES["insert_version"],
+        version.conversation_id,
+        fingerprint(version),
+        version.instance,
+        outcome,
+        compared.instance,
+        json.dumps(differences(version, compared)),
+        version.estimated,
+        version.started_at,
+        version.ended_at,
+        version.talk.talk_ms,
+        version.talk.hold_ms,
+        json.dumps(as_record(version), ensure_ascii=False),
+    )
 
 
 async def attribute(conn: asyncpg.Connection, conversation_id: str) -> tuple[str | None, str]:

@@ -48,18 +48,72 @@ SELECT pg_advisory_unlock($1);
 WITH conversation AS (
     INSERT INTO talkmeter.conversations (
         conversation_id, pbx, direction, client_number, client_number_raw, line, consultants,
-        started_at, answered_at, ended_at, wait_ms, talk_ms, hold_ms, estimated, match_status)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'unknown')
+        started_at, answered_at, ended_at, wait_ms, talk_ms, hold_ms, estimated, instance, match_status)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'unknown')
     ON CONFLICT (conversation_id) DO NOTHING
     RETURNING conversation_id
 ), segments AS (
     INSERT INTO talkmeter.conversation_segments (conversation_id, position, consultant, start_at, end_at, hold)
     SELECT c.conversation_id, s.position, s.consultant, s.start_at, s.end_at, s.hold
       FROM conversation c,
-           unnest($15::integer[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::boolean[])
+           unnest($16::integer[], $17::text[], $18::timestamptz[], $19::timestamptz[], $20::boolean[])
            AS s(position, consultant, start_at, end_at, hold)
 )
 SELECT conversation_id FROM conversation;
+
+-- name: lock_conversation
+-- Serialises every version of one conversation (several instances may record it at once): the
+-- first to take it decides, the others then see its decision. Taken before anything else in the
+-- transaction, and before the client's lock, so the order is always conversation, then client.
+SELECT pg_advisory_xact_lock(1952541795, hashtext($1));
+
+-- name: kept_version
+-- The version of the conversation the ledger keeps, with its segments.
+SELECT c.conversation_id, c.pbx, c.direction, c.client_number, c.client_number_raw, c.line,
+       c.consultants, c.started_at, c.answered_at, c.ended_at, c.wait_ms, c.estimated, c.instance,
+       c.client_id, s.consultants AS segment_consultants, s.starts, s.ends, s.holds
+  FROM talkmeter.conversations c
+  LEFT JOIN LATERAL (
+        SELECT array_agg(consultant ORDER BY position) AS consultants,
+               array_agg(start_at ORDER BY position) AS starts,
+               array_agg(end_at ORDER BY position) AS ends,
+               array_agg(hold ORDER BY position) AS holds
+          FROM talkmeter.conversation_segments
+         WHERE conversation_id = c.conversation_id) s ON true
+ WHERE c.conversation_id = $1;
+
+-- name: replace_conversation
+-- The kept version becomes another one (an exact measurement superseding an estimated one): its
+-- facts, with its ledger keys moved to its start; its segments are removed here and inserted by
+-- `insert_segments` (one statement could not order the two). The attribution is decided again by
+-- the caller.
+WITH conversation AS (
+    UPDATE talkmeter.conversations
+       SET direction = $2, client_number = $3, client_number_raw = $4, line = $5, consultants = $6,
+           started_at = $7, answered_at = $8, ended_at = $9, wait_ms = $10, talk_ms = $11, hold_ms = $12,
+           estimated = $13, instance = $14
+     WHERE conversation_id = $1
+    RETURNING conversation_id, client_id
+), keys AS (
+    UPDATE talkmeter.current_charges k
+       SET started_at = $7
+      FROM conversation c
+     WHERE k.client_id = c.client_id AND k.conversation_id = c.conversation_id
+)
+DELETE FROM talkmeter.conversation_segments WHERE conversation_id = $1;
+
+-- name: insert_segments
+INSERT INTO talkmeter.conversation_segments (conversation_id, position, consultant, start_at, end_at, hold)
+SELECT $1, s.position, s.consultant, s.start_at, s.end_at, s.hold
+  FROM unnest($2::integer[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::boolean[])
+       AS s(position, consultant, start_at, end_at, hold);
+
+-- name: insert_version
+INSERT INTO talkmeter.conversation_versions (
+    conversation_id, fingerprint, instance, outcome, compared_with, differences, estimated,
+    started_at, ended_at, talk_ms, hold_ms, record)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12::jsonb)
+ON CONFLICT (conversation_id, fingerprint) DO NOTHING;
 
 -- name: attribute_conversation
 -- Gives the conversation the client it resolves to now (or none, with the reason).

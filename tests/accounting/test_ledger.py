@@ -374,6 +374,8 @@ async def test_one_canonical_log_line_per_conversation(pool: asyncpg.Pool, conn:
             "talk_ms": 1_200_000,
             "amount": "10.00",
             "postings": 1,
+            "instance": None,
+            "version": "first",
         }
     ]
 
