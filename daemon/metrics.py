@@ -10,8 +10,8 @@ and never touch prometheus_client themselves:
   or down, sessions, failed attempts, events received by kind and their lag (the moment we read
   an event minus its PBX `Timestamp`, so it includes any clock difference between PBX and host);
 * the pipeline: conversations in progress (set once a second by the consumer's tick);
-* the writer: conversations spooled, recorded (with the database write latency), rejected, and the
-  spool backlog;
+* the writer: conversations spooled, recorded (with the database write latency and what each
+  version did in the ledger: first, superseded, disagreed, ...), rejected, and the spool backlog;
 * the service: task restarts (deaths of a supervised task, which restart the service; their counts
   persist in the state directory, so they survive the restart they cause).
 
@@ -97,6 +97,14 @@ class Metrics:
         self.rejected = Counter(
             "talkmeter_conversations_rejected",
             "conversations PostgreSQL refused, set aside in rejected.jsonl",
+            registry=r,
+        )
+        self.versions = Counter(
+            "talkmeter_conversation_versions",
+            "conversations recorded, by what this daemon's version did in the ledger: first, identical "
+            "(another instance's or a re-sent one), superseded (replaced an estimated one), disagreed "
+            "(an exact one differing from the exact one kept), not_better (estimated, after another)",
+            ["outcome"],
             registry=r,
         )
         self.write_seconds = Histogram(
@@ -190,6 +198,9 @@ class Metrics:
         self.recorded.inc()
         self.write_seconds.observe(seconds)
         self.backlog.set(backlog)
+
+    def conversation_version(self, outcome: str) -> None:
+        self.versions.labels(outcome).inc()
 
     def conversation_rejected(self, backlog: int) -> None:
         self.rejected.inc()

@@ -58,7 +58,7 @@ from daemon import systemd
 from daemon.alerts.engine import AlertEngine
 from daemon.alerts.setup import build_engine
 from daemon.journal import DiskThread, Quarantine, encode, read_file, scan, write_atomically
-from daemon.live import OnEffect, Pipeline, stop_on_signals
+from daemon.live import OnConversation, OnEffect, Pipeline, stop_on_signals
 from daemon.metrics import STALL_SECONDS, HealthState, Metrics
 from daemon.settings import ConfigError, Settings
 from daemon.supervision import StopForced, TaskDied, cancel_within, first_death
@@ -277,7 +277,7 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
     tracker = settings.call_tracker()
     alerts = build_engine(settings, database.pool, tracker, lambda: pipeline.link, is_transient, metrics)
 
-    record = _recording(database, alerts)
+    record = _recording(database, alerts, metrics)
     writer = ConversationWriter(record, Spool(spool_dir), is_transient, disk=disk, metrics=metrics)
     checkpoints = Checkpoints(spool_dir)
     deaths = TaskDeaths(spool_dir)
@@ -299,7 +299,7 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
     stopping = asyncio.Event()  # the pipeline's stop: set by `stop`, or by a task's death
     pipeline = Pipeline(
         settings,
-        writer.submit,
+        measured_by(settings.instance, writer.submit),
         tracker=tracker,
         on_stop=checkpoint_at_stop,
         on_effect=_both(alerts.on_effect if alerts is not None else None, on_effect),
@@ -372,12 +372,14 @@ def _side_tasks(writer: ConversationWriter, alerts: AlertEngine | None) -> list[
 
 
 def _recording(
-    database: Database, alerts: AlertEngine | None
+    database: Database, alerts: AlertEngine | None, metrics: Metrics
 ) -> Callable[[dict[str, Any]], Awaitable[RecordResult]]:
-    """Record in the database, then tell the alerts what was committed (crossings known only now)."""
+    """Record in the database, count what the version did there, then tell the alerts what was
+    committed (crossings known only now)."""
 
     async def record(conversation: dict[str, Any]) -> RecordResult:
         result = await database.record(conversation)
+        metrics.conversation_version(result.version)
         if alerts is not None and result.status != "duplicate":
             alerts.recorded(conversation, result.client_id, result.contract_id)
         return result
@@ -394,6 +396,16 @@ def _both(first: OnEffect | None, second: OnEffect | None) -> OnEffect | None:
         second(effect)
 
     return both
+
+
+def measured_by(instance: str, submit: OnConversation) -> OnConversation:
+    """Every conversation this daemon finishes carries its instance name, into the spool and the
+    ledger: with a standby, the ledger says which instance measured the version it keeps."""
+
+    async def stamped(conversation: dict[str, Any]) -> None:
+        await submit({**conversation, "instance": instance})
+
+    return stamped
 
 
 def health(link: AmiLink, writer: ConversationWriter) -> HealthState:

@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)  # logs to stderr: stdout carries the results
     conversations = [c.to_json() for c in measure_capture(args.trace, settings, args.timing)]
     if not args.dry_run:
-        return asyncio.run(_record_all(conversations, settings.dsn(), args.json))
+        measured = [{**conversation, "instance": settings.instance} for conversation in conversations]
+        return asyncio.run(_record_all(measured, settings.dsn(), args.json))
     for conversation in conversations:
         write_line(json_line(conversation) if args.json else conversation_line(conversation))
     if not args.json:

@@ -1,0 +1,121 @@
+"""Two `talkmeter run` services following one PBX into one PostgreSQL, both alive (in one process).
+
+The kill -9 tests of the standby set-up run real processes (tests/faults); this one checks the
+steady state: each conversation is stored once, measured exactly, by whichever instance came first,
+and the other instance's identical version changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from accounting.ledger import RecordResult
+from daemon.commands.replay import measure_capture
+from daemon.metrics import Metrics
+from daemon.service import Database, serve
+from daemon.settings import Settings
+from telephony.simulator import AmiSimulator, load_trace
+
+TRACES = Path(__file__).resolve().parents[1] / "traces"
+SECRET = "standby-secret"
+GUARD = 30.0
+
+pytestmark = pytest.mark.db
+
+
+class CountingDatabase(Database):
+    """The real store; `done` is set once `expected` conversations were recorded through it."""
+
+    def __init__(self, dsn: str, expected: int) -> None:
+        super().__init__(dsn)
+        self.expected = expected
+        self.results: list[RecordResult] = []
+        self.done = asyncio.Event()
+
+    async def record(self, conversation: dict[str, Any]) -> RecordResult:
+        result = await super().record(conversation)
+        self.results.append(result)
+        if len(self.results) >= self.expected:
+            self.done.set()
+        return result
+
+
+def instance_settings(name: str, port: int, dsn: str, spool: Path) -> Settings:
+    return Settings(
+        ami_port=port,
+        ami_secret=SECRET,
+        database_url=dsn,
+        spool_dir=spool / name,
+        instance=name,
+        ami_reconnect_min=0.05,
+        ami_reconnect_max=0.2,
+    )
+
+
+async def test_both_instances_alive_store_each_conversation_once_as_measured(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    trace_path = TRACES / "concurrent_20.ami"
+    expected = len(measure_capture(trace_path, Settings()))
+    truth = json.loads(trace_path.with_suffix(".json").read_text())["truth"]["conversations"]
+    async with AmiSimulator(load_trace(trace_path), secret=SECRET, speed=0, start_clients=2) as sim:
+        stop = asyncio.Event()
+        services = {name: CountingDatabase(db_dsn, expected) for name in ("pbx-a", "pbx-b")}
+        metrics = {name: Metrics() for name in services}
+        tasks = [
+            asyncio.create_task(
+                serve(
+                    instance_settings(name, sim.port, db_dsn, tmp_path),
+                    stop,
+                    database,
+                    stop_grace=0.5,
+                    metrics=metrics[name],
+                )
+            )
+            for name, database in services.items()
+        ]
+        try:
+            async with asyncio.timeout(GUARD):
+                pending = {asyncio.create_task(database.done.wait()) for database in services.values()}
+                while pending:
+                    done, pending = await asyncio.wait(
+                        pending | set(tasks), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in done & set(tasks):
+                        raise AssertionError(f"a service stopped: {task.result()}")  # or raises why
+                    pending -= set(tasks)
+        finally:
+            stop.set()
+            async with asyncio.timeout(GUARD):
+                await asyncio.gather(*tasks)
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT conversation_id, instance, estimated, talk_ms, client_number FROM talkmeter.conversations"
+        )
+        aside = await conn.fetchval("SELECT count(*) FROM talkmeter.conversation_versions")
+    finally:
+        await conn.close()
+    assert len(rows) == expected and aside == 0
+    assert not any(row["estimated"] for row in rows)
+    assert {row["instance"] for row in rows} <= {"pbx-a", "pbx-b"}
+    answered = sorted(row["talk_ms"] for row in rows if row["talk_ms"])
+    assert answered == pytest.approx(
+        sorted(c["talk_seconds"] * 1000 for c in truth if c["talk_seconds"]), abs=10
+    )
+    outcomes: dict[str, int] = {}
+    for database in services.values():
+        for result in database.results:
+            outcomes[result.version] = outcomes.get(result.version, 0) + 1
+    assert outcomes == {"first": expected, "identical": expected}
+    reported = sum(
+        m.registry.get_sample_value("talkmeter_conversation_versions_total", {"outcome": "identical"}) or 0
+        for m in metrics.values()
+    )
+    assert reported == expected
