@@ -27,6 +27,7 @@ bench: install
 	$(PY) benchmarks/faults.py
 	$(PY) benchmarks/ledger.py
 	$(PY) benchmarks/alerts.py
+	$(PY) benchmarks/standby.py
 
 # The package to install where there is no clone: dist/talkmeter-<version>-py3-none-any.whl.
 wheel: install
