@@ -19,7 +19,10 @@ Named, supervised tasks share one process (daemon.supervision):
   The writer tells the alerts each conversation it commits, so crossings only known then are
   alerted then. Nothing here ever waits for a sink.
 
-All disk I/O runs on one disk thread (daemon.journal), never on the loop that reads the PBX.
+All disk I/O runs on one disk thread (daemon.journal), never on the loop that reads the PBX. The
+spool and the checkpoint belong to one process: the service holds a lock on its state directory
+(`<spool_dir>/<pbx>/lock`) and refuses to start when another talkmeter holds it (two instances
+following one PBX from one host need a `spool_dir` each).
 
 If any task dies, the service stops (and systemd restarts it) rather than limping on: one
 `service.task_died` line names the task and the error, the pipeline logs off and checkpoints, the
@@ -44,8 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +232,31 @@ def _read_legacy_checkpoint(data: bytes) -> tuple[list[dict[str, Any]], list[tup
     return saved, damaged
 
 
+@contextlib.contextmanager
+def claim_state_directory(directory: Path, instance: str) -> Iterator[None]:
+    """Hold `<directory>/lock` while the service runs: two talkmeters sharing a spool and a
+    checkpoint would each resubmit and resume the other's calls (two instances following one PBX
+    on one host need a spool_dir each). The kernel releases the lock when the process dies, so a
+    restart after kill -9 finds it free."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "lock"
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another talkmeter"
+            raise ConfigError(
+                f"spool_dir {directory} is in use by {holder}: give each talkmeter following this PBX "
+                "its own spool_dir (or stop the other one)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"talkmeter instance {instance!r} (pid {os.getpid()})\n")
+        handle.flush()
+        yield
+
+
 class TaskDeaths:
     """How many times each supervised task has died, kept across the restarts its deaths cause."""
 
@@ -262,13 +292,14 @@ async def serve(
     """
     metrics = metrics or Metrics.with_process_metrics()
     database = database or Database(settings.dsn(), settings.database_timeout)
-    await database.check_at_start()
     spool_dir = settings.spool_dir / settings.pbx
-    disk = DiskThread()
-    try:
-        await _serve(settings, stop, database, disk, spool_dir, on_effect, stop_grace, metrics)
-    finally:
-        disk.close()
+    with claim_state_directory(spool_dir, settings.instance):
+        await database.check_at_start()
+        disk = DiskThread()
+        try:
+            await _serve(settings, stop, database, disk, spool_dir, on_effect, stop_grace, metrics)
+        finally:
+            disk.close()
 
 
 async def _serve(settings: Settings, stop: asyncio.Event, database: Database, disk: DiskThread,

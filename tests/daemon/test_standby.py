@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,12 @@ import pytest
 from accounting.ledger import RecordResult
 from daemon.commands.replay import measure_capture
 from daemon.metrics import Metrics
-from daemon.service import Database, serve
-from daemon.settings import Settings
+from daemon.service import Database, claim_state_directory, serve
+from daemon.settings import ConfigError, Settings
 from telephony.simulator import AmiSimulator, load_trace
 
-TRACES = Path(__file__).resolve().parents[1] / "traces"
+ROOT = Path(__file__).resolve().parents[2]
+TRACES = ROOT / "tests" / "traces"
 SECRET = "standby-secret"
 GUARD = 30.0
 
@@ -51,7 +54,7 @@ def instance_settings(name: str, port: int, dsn: str, spool: Path) -> Settings:
         ami_port=port,
         ami_secret=SECRET,
         database_url=dsn,
-        spool_dir=spool / name,
+        spool_dir=spool,
         instance=name,
         ami_reconnect_min=0.05,
         ami_reconnect_max=0.2,
@@ -71,7 +74,7 @@ async def test_both_instances_alive_store_each_conversation_once_as_measured(
         tasks = [
             asyncio.create_task(
                 serve(
-                    instance_settings(name, sim.port, db_dsn, tmp_path),
+                    instance_settings(name, sim.port, db_dsn, tmp_path / name),
                     stop,
                     database,
                     stop_grace=0.5,
@@ -119,3 +122,33 @@ async def test_both_instances_alive_store_each_conversation_once_as_measured(
         for m in metrics.values()
     )
     assert reported == expected
+
+
+async def test_two_instances_on_one_host_cannot_share_a_spool(db_dsn: str, tmp_path: Path) -> None:
+    """A second talkmeter on the same spool_dir would resubmit and resume the first one's calls."""
+    shared = tmp_path / "shared"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_THE_LOCK, str(shared / "default"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        async with asyncio.timeout(GUARD):
+            assert await holder.stdout.readline() == b"held\n"
+        with pytest.raises(ConfigError, match=r"default is in use by talkmeter instance 'pbx-a' \(pid \d+\)"):
+            await serve(instance_settings("pbx-b", 9, db_dsn, shared), asyncio.Event(), Database(db_dsn))
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock
+        await holder.wait()
+    with claim_state_directory(shared / "default", "pbx-b"):
+        assert "pbx-b" in (shared / "default" / "lock").read_text()
+
+
+HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from daemon.service import claim_state_directory
+with claim_state_directory(Path(sys.argv[1]), "pbx-a"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
