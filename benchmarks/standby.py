@@ -6,28 +6,27 @@ The real `concurrent_20` capture (20 concurrent queue calls), concatenated N tim
 copy with its own Uniqueids and later timestamps: N x 20 distinct calls), is replayed as fast as
 possible by the AMI simulator and followed by `talkmeter run` services (in this process, each with
 its own connection pool, spool and instance name), first one, then two following the same
-simulated PBX. Each run writes into a fresh database of its own (created here and dropped after),
-where every caller is a client with a contract (free minutes, prepaid, paid), so that every
-conversation is rated. Printed per conversation, from PostgreSQL's own counters for that database
-(pg_stat_database, pg_stat_user_tables, read once every connection is closed): transactions
-committed (the connection pool's reset when a connection is given back is one of them), rows
-inserted, updated and deleted, and the rows written per table; then what the second instance added.
+simulated PBX. Each run writes into a fresh database of its own (created here on the PostgreSQL of
+TALKMETER_TEST_DATABASE_URL, as the tests' are, and dropped after), where every caller is a client
+with a contract (free minutes, prepaid, paid), so that every conversation is rated.
+
+Printed per conversation, from PostgreSQL's own counters for that database (pg_stat_database and
+pg_stat_user_tables, read once every connection is closed): transactions committed (the connection
+pool's reset when a connection is given back is one of them), rows inserted, updated and deleted,
+and the rows written per table; then what the second instance added.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
-import uuid
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,23 +43,11 @@ from daemon.metrics import Metrics  # noqa: E402
 from daemon.service import Database, serve  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 from telephony.simulator import AmiSimulator, Trace, parse_trace  # noqa: E402
+from tests.db import admin, dsn_for, unique_name  # noqa: E402
 
-ADMIN_DSN = os.environ.get("TALKMETER_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "bench"
 GUARD = 300.0
 COUNTERS = ("xact_commit", "tup_inserted", "tup_updated", "tup_deleted")
-
-
-def dsn_for(database: str) -> str:
-    return urlunsplit(urlsplit(ADMIN_DSN)._replace(path="/" + database))
-
-
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 class Counting(Database):
@@ -132,7 +119,7 @@ async def counters(dsn: str) -> tuple[dict[str, int], dict[str, int]]:
 
 
 async def one_run(trace: Trace, expected: int, numbers: list[str], instances: int) -> dict[str, Any]:
-    name = f"tm_bench_standby_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    name = unique_name("tm_bench_standby")
     await admin(f'CREATE DATABASE "{name}"')
     dsn = dsn_for(name)
     try:
