@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
+from datetime import date
 from decimal import Decimal
 from itertools import count
 from typing import Any
@@ -222,6 +223,30 @@ async def test_a_version_that_changes_the_client_moves_the_charge(
     result = await record_conversation(pool, measured("msk:1", "b", (2, 100), number=OLGA))
     assert (result.status, result.client_id, result.version) == ("rated", "C2", "superseded")
     assert [(row[0], row[1], row[3]) for row in await ledger(conn)] == [("msk:1", "C2", Decimal("100.000"))]
+    assert (await rerate(pool)).postings == 0
+
+
+async def test_an_exact_version_starting_the_day_before_moves_the_conversation_to_that_day(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """Adopted after a restart, a call's start is known to the second only (CoreShowChannels'
+    Duration): the estimated version may start after local midnight, the exact one before it."""
+    await seed(conn)
+    late = measured("msk:1", "a", (0.5, 80), estimated=True, start="2026-11-24T00:00:01+03:00")
+    await record_conversation(pool, late)
+    exact = measured("msk:1", "b", (0.5, 82), start="2026-11-23T23:59:59+03:00")
+    assert (await record_conversation(pool, exact)).version == "superseded"
+    days = await conn.fetch(
+        "SELECT day, conversations, talk_seconds, free_seconds FROM talkmeter.daily_usage "
+        "WHERE client_id = 'C1' ORDER BY day"
+    )
+    # Its talk is split by the day it was talked; the conversation belongs to the day it started.
+    assert [tuple(row) for row in days] == [
+        (date(2026, 11, 23), 1, Decimal("0.500"), Decimal("0.500")),
+        (date(2026, 11, 24), 0, Decimal("81.500"), Decimal("60.000")),
+    ]
+    [charge] = await conn.fetch("SELECT day, talk_seconds FROM talkmeter.conversation_charges")
+    assert (charge["day"], charge["talk_seconds"]) == (date(2026, 11, 23), Decimal("82.000"))
     assert (await rerate(pool)).postings == 0
 
 
