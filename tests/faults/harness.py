@@ -5,9 +5,11 @@ trace's ground truth (tests/traces/<name>.json, measured from the SIP messages, 
 
 * `Harness` runs the simulator in the test's event loop (so a test can cue faults on it) and
   `instances` real `talkmeter run` processes (`Daemon`) against the test's database, each with its
-  own spool directory. The simulator holds the replay while no talkmeter is logged in
-  (`pause_when_alone`): a kill -9 then costs only what talkmeter itself loses (state since the last
-  checkpoint, events in flight), never the calls a dead service could not see. The trace plays
+  own spool directory and `instance` name (`talkmeter-<index>`, as the daemons are named). The
+  simulator holds the replay while no talkmeter is logged in (`pause_when_alone`): a kill -9 then
+  costs only what talkmeter itself loses (state since the last checkpoint, events in flight), never
+  the calls a dead service could not see; with several instances it starts the replay once all of
+  them are logged in, and holds it only when none is. The trace plays
   `speed` times faster than recorded; checkpoint and reconnect intervals shrink to match.
 * `Daemon` starts, kills (SIGKILL), stops (SIGTERM) and waits for one process, and reads its JSON
   log lines as they come (`wait_for_log`), so tests wait on what the service says, never on sleeps.
@@ -291,7 +293,11 @@ class Harness:
         # the events already read when the process went (a tenth of a second, at this speed).
         lag = float(self.settings["ami_ping_interval"]) + 0.1  # type: ignore[arg-type]
         self.loss_bound = (float(self.settings["checkpoint_interval"]) + lag) * max(speed, 1.0)  # type: ignore[arg-type]
-        self.simulator = AmiSimulator(self.trace, secret=SECRET, speed=speed, pause_when_alone=True)
+        # With several instances (a standby), the replay starts once all are logged in, so that each
+        # sees every call from its start; after that it waits for nobody but when nobody is left.
+        self.simulator = AmiSimulator(
+            self.trace, secret=SECRET, speed=speed, pause_when_alone=True, start_clients=instances
+        )
         self.daemons: list[Daemon] = []
         self.changed = asyncio.Condition()
 
@@ -315,6 +321,7 @@ class Harness:
             "ami_secret": SECRET,
             "database_url": self.dsn,
             "spool_dir": self.workdir / f"spool-{index}",
+            "instance": f"talkmeter-{index}",
             **self.settings,
             **overrides,
         }
