@@ -19,6 +19,7 @@ trace's ground truth (tests/traces/<name>.json, measured from the SIP messages, 
 * `PgProxy` is a TCP relay in front of PostgreSQL that can refuse connections or go half-open.
 * `compare` matches ledger rows with the truth: lost, doubled, and the talk lost or added per
   conversation.
+* `seeded` gives a test its RNG for the moments of its faults, and prints the seed that replays them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -52,6 +54,19 @@ SECRET = "fault-harness-secret"
 GUARD = 30.0  # seconds: only reached when a test is failing
 
 LogLine = dict[str, Any]
+
+
+# --- seeded faults ---------------------------------------------------------------------------------
+
+
+def seeded(what: str) -> tuple[random.Random, str]:
+    """An RNG for the moments of the faults of one test, and the line naming its seed (printed now,
+    and meant for every failure message): `TALKMETER_FAULT_SEED=<seed>` replays the same faults."""
+    chosen = os.environ.get("TALKMETER_FAULT_SEED")
+    value = int(chosen) if chosen else random.SystemRandom().randrange(2**32)
+    replay = f"{what} seed {value} (replay with TALKMETER_FAULT_SEED={value})"
+    print(replay)
+    return random.Random(value), replay
 
 
 # --- the truth and the ledger ---------------------------------------------------------------------

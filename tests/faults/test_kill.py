@@ -8,20 +8,13 @@ The moments are drawn from a seeded RNG; the seed is printed (and named in every
 from __future__ import annotations
 
 import json
-import os
-import random
 from pathlib import Path
 
 import pytest
 
-from .harness import GUARD, TRACES, Harness, compare, ledger, truth
+from .harness import GUARD, TRACES, Harness, compare, ledger, seeded, truth
 
 KILLS = 5
-
-
-def seed() -> int:
-    chosen = os.environ.get("TALKMETER_FAULT_SEED")
-    return int(chosen) if chosen else random.SystemRandom().randrange(2**32)
 
 
 @pytest.mark.slow
@@ -29,10 +22,7 @@ def seed() -> int:
 async def test_kill_9_at_random_moments_loses_and_doubles_nothing(
     db_dsn: str, tmp_path: Path, trace: str
 ) -> None:
-    chosen = seed()
-    replay = f"kill -9 seed {chosen} (replay with TALKMETER_FAULT_SEED={chosen})"
-    print(replay)
-    rng = random.Random(chosen)
+    rng, replay = seeded("kill -9")
     expected = truth(trace)
     async with Harness(trace, db_dsn, tmp_path) as harness:
         total = len(harness.trace.events)

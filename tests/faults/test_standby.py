@@ -14,7 +14,6 @@ printed and named in every failure, and `TALKMETER_FAULT_SEED=<seed>` replays th
 from __future__ import annotations
 
 import asyncio
-import random
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -26,8 +25,7 @@ import pytest
 from accounting import store
 from accounting.contracts import Client, Contract
 
-from .harness import GUARD, Daemon, Harness, LogLine, compare, ledger, truth
-from .test_kill import seed
+from .harness import GUARD, Daemon, Harness, LogLine, compare, ledger, seeded, truth
 
 pytestmark = pytest.mark.slow
 
@@ -86,10 +84,7 @@ async def assert_the_ledger_is_the_truth(dsn: str, name: str, why: str = "") -> 
 async def test_killing_either_of_two_instances_at_any_moment_loses_no_talk(
     db_dsn: str, tmp_path: Path, trace: str
 ) -> None:
-    chosen = seed()
-    replay = f"standby kill -9 seed {chosen} (replay with TALKMETER_FAULT_SEED={chosen})"
-    print(replay)
-    rng = random.Random(chosen)
+    rng, replay = seeded("standby kill -9")
     expected = truth(trace)
     await callers_are_clients(db_dsn, expected)
     async with standby(trace, db_dsn, tmp_path) as harness:
