@@ -37,10 +37,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from datetime import date
-from decimal import Decimal
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,17 +49,13 @@ import structlog  # noqa: E402
 from faults import database, workdir  # noqa: E402
 from pipeline import build_stream  # noqa: E402
 
-from accounting import store  # noqa: E402
-from accounting.contracts import Client, Contract  # noqa: E402
 from accounting.conversations import parse_conversation  # noqa: E402
-from accounting.migrate import migrate  # noqa: E402
 from daemon.commands.replay import measure_capture  # noqa: E402
 from daemon.metrics import Metrics  # noqa: E402
 from daemon.service import Database, serve  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 from telephony.simulator import AmiSimulator, Trace, TraceEvent, parse_trace  # noqa: E402
-from tests.db import admin, dsn_for, unique_name  # noqa: E402
-from tests.faults.harness import Harness, compare, ledger, truth  # noqa: E402
+from tests.faults.harness import Harness, callers_are_clients, compare, ledger, truth  # noqa: E402
 
 SECRET = "bench"
 GUARD = 300.0
@@ -180,31 +173,6 @@ class Counting(Database):
         return result
 
 
-async def prepare(dsn: str, numbers: list[str]) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        for index, number in enumerate(sorted(set(numbers))):
-            client = f"client{index:03d}"
-            await store.save_client(conn, Client(client, client, "Europe/Moscow", (number,)))
-            await store.save_contract(conn, contract_for(client))
-    finally:
-        await conn.close()
-
-
-def contract_for(client_id: str) -> Contract:
-    return Contract(
-        contract_id=f"{client_id}-2026",
-        client_id=client_id,
-        valid_from=date(2020, 1, 1),
-        free_daily_minutes=1,
-        prepaid_minutes=2,
-        rate_per_minute=Decimal("2.50"),
-        currency="RUB",
-        overage="bill",
-    )
-
-
 async def counters(dsn: str) -> tuple[dict[str, int], dict[str, int]]:
     """The database's counters and the rows inserted per table, once they stop moving (backends
     report at exit, a moment after their connection closes)."""
@@ -234,13 +202,10 @@ async def counters(dsn: str) -> tuple[dict[str, int], dict[str, int]]:
 
 
 async def one_run(trace: Trace, expected: int, numbers: list[str], instances: int) -> dict[str, Any]:
-    name = unique_name("tm_bench_standby")
-    await admin(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for(name)
-    try:
-        await prepare(dsn, numbers)
+    async with database() as dsn:
+        await callers_are_clients(dsn, numbers)
         before, tables_before = await counters(dsn)
-        with TemporaryDirectory() as spool:
+        with workdir() as spool:
             async with AmiSimulator(trace, secret=SECRET, speed=0, start_clients=instances) as simulator:
                 stop = asyncio.Event()
                 databases = [Counting(dsn, expected) for _ in range(instances)]
@@ -252,7 +217,7 @@ async def one_run(trace: Trace, expected: int, numbers: list[str], instances: in
                                 ami_port=simulator.port,
                                 ami_secret=SECRET,
                                 database_url=dsn,
-                                spool_dir=Path(spool) / f"instance-{index}",
+                                spool_dir=spool / f"instance-{index}",
                                 instance=f"instance-{index}",
                             ),
                             stop,
@@ -276,8 +241,6 @@ async def one_run(trace: Trace, expected: int, numbers: list[str], instances: in
             stored = await conn.fetchval("SELECT count(*) FROM talkmeter.conversations")
         finally:
             await conn.close()
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return {
         "instances": instances,
         "stored": stored,

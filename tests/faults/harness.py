@@ -35,14 +35,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from accounting import store
+from accounting.contracts import Client, Contract
 from daemon.service import serve
 from daemon.settings import Settings
 from telephony.simulator import AmiSimulator, Trace, load_trace
@@ -70,6 +74,32 @@ def seeded(what: str) -> tuple[random.Random, str]:
 
 
 # --- the truth and the ledger ---------------------------------------------------------------------
+
+
+async def callers_are_clients(dsn: str, numbers: Iterable[str]) -> list[str]:
+    """Every caller is a client with a contract (a free minute a day, two prepaid, then paid), so
+    that every conversation is rated; returns the client ids."""
+    clients = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        for index, number in enumerate(sorted(set(numbers))):
+            client = f"client{index:03d}"
+            await store.save_client(conn, Client(client, client, "Europe/Moscow", (number,)))
+            contract = Contract(
+                contract_id=f"{client}-2026",
+                client_id=client,
+                valid_from=date(2020, 1, 1),
+                free_daily_minutes=1,
+                prepaid_minutes=2,
+                rate_per_minute=Decimal("2.50"),
+                currency="RUB",
+                overage="bill",
+            )
+            await store.save_contract(conn, contract)
+            clients.append(client)
+    finally:
+        await conn.close()
+    return clients
 
 
 def truth(name: str) -> list[dict[str, Any]]:

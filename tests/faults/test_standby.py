@@ -14,18 +14,12 @@ printed and named in every failure, and `TALKMETER_FAULT_SEED=<seed>` replays th
 from __future__ import annotations
 
 import asyncio
-from datetime import date
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
-from accounting import store
-from accounting.contracts import Client, Contract
-
-from .harness import GUARD, Daemon, Harness, LogLine, compare, ledger, seeded, truth
+from .harness import GUARD, Daemon, Harness, LogLine, callers_are_clients, compare, ledger, seeded, truth
 
 pytestmark = pytest.mark.slow
 
@@ -35,27 +29,6 @@ TOLERANCE = 0.01  # seconds of talk, per conversation
 
 def standby(trace: str, dsn: str, workdir: Path, speed: float = 10.0) -> Harness:
     return Harness(trace, dsn, workdir, instances=2, speed=speed)
-
-
-async def callers_are_clients(dsn: str, expected: list[dict[str, Any]]) -> None:
-    """Every caller of the trace is a client with a contract (a free minute a day, then paid)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        for index, number in enumerate(sorted({conversation["client_number"] for conversation in expected})):
-            client = f"client{index:02d}"
-            await store.save_client(conn, Client(client, client, "Europe/Moscow", (number,)))
-            contract = Contract(
-                contract_id=f"{client}-2026",
-                client_id=client,
-                valid_from=date(2020, 1, 1),
-                free_daily_minutes=1,
-                rate_per_minute=Decimal("2.50"),
-                currency="RUB",
-                overage="bill",
-            )
-            await store.save_contract(conn, contract)
-    finally:
-        await conn.close()
 
 
 async def assert_the_ledger_is_the_truth(dsn: str, name: str, why: str = "") -> None:
@@ -86,7 +59,7 @@ async def test_killing_either_of_two_instances_at_any_moment_loses_no_talk(
 ) -> None:
     rng, replay = seeded("standby kill -9")
     expected = truth(trace)
-    await callers_are_clients(db_dsn, expected)
+    await callers_are_clients(db_dsn, (conversation["client_number"] for conversation in expected))
     async with standby(trace, db_dsn, tmp_path) as harness:
         total = len(harness.trace.events)
         victim = harness.daemons[rng.randrange(2)]
@@ -112,7 +85,7 @@ async def test_two_instances_alive_measure_every_conversation_identically(
     db_dsn: str, tmp_path: Path
 ) -> None:
     expected = truth("concurrent_20")
-    await callers_are_clients(db_dsn, expected)
+    await callers_are_clients(db_dsn, (conversation["client_number"] for conversation in expected))
     async with standby("concurrent_20", db_dsn, tmp_path, speed=20.0) as harness:
         await harness.start()
         await harness.replayed(GUARD)
@@ -142,7 +115,7 @@ async def test_an_estimated_version_after_the_exact_one_changes_nothing(db_dsn: 
     and the other records it exactly; restarted, the first closes the call at its checkpoint,
     estimated, and that version, arriving second, is only kept for audit."""
     expected = truth("long_call")
-    await callers_are_clients(db_dsn, expected)
+    await callers_are_clients(db_dsn, (conversation["client_number"] for conversation in expected))
     async with standby("long_call", db_dsn, tmp_path, speed=20.0) as harness:
         stopping, staying = harness.daemons
         talking = next(
