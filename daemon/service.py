@@ -7,6 +7,8 @@ Named, supervised tasks share one process (daemon.supervision):
 * `pipeline` (daemon.live): the AMI link and the call model. It never waits for the database.
 * `writer` (daemon.writer): every finished conversation is spooled to disk, then recorded and
   rated in PostgreSQL (accounting.ledger.record_conversation), retried while the database is away.
+  Each carries this daemon's `instance` name: with a standby following the same PBX, both record
+  every conversation and the ledger keeps the better measurement (accounting.versions).
 * `checkpointer`: every `checkpoint_interval` seconds, and right after each snapshot (login), the
   conversations in progress are written to `<spool_dir>/<pbx>/checkpoint.records`, so that a crash
   or restart mid-call loses no talk: on start they are restored into the call model and resumed
