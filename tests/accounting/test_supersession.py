@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from accounting import store
+from accounting import audit, store
 from accounting.contracts import Client
 from accounting.conversations import Talk, parse_conversation
 from accounting.ledger import record_conversation, rerate
@@ -73,6 +73,12 @@ async def kept(conn: asyncpg.Connection, conversation_id: str) -> asyncpg.Record
         "WHERE conversation_id = $1",
         conversation_id,
     )
+
+
+async def running_state_agrees(conn: asyncpg.Connection) -> None:
+    """`talkmeter check-ledger`: the running state equals what the ledger sums to."""
+    for client_id in ("C1", "C2", "C9"):
+        assert await audit.check_client(conn, client_id) == []
 
 
 async def versions(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
@@ -142,6 +148,7 @@ async def test_an_exact_version_supersedes_the_estimated_one_through_adjustments
         250_000,
     )
     assert (await rerate(pool)).postings == 0  # the ledger equals a full re-rating
+    await running_state_agrees(conn)
 
 
 async def test_an_estimated_version_after_the_exact_one_changes_nothing_and_is_kept_for_audit(
@@ -224,6 +231,7 @@ async def test_a_version_that_changes_the_client_moves_the_charge(
     assert (result.status, result.client_id, result.version) == ("rated", "C2", "superseded")
     assert [(row[0], row[1], row[3]) for row in await ledger(conn)] == [("msk:1", "C2", Decimal("100.000"))]
     assert (await rerate(pool)).postings == 0
+    await running_state_agrees(conn)
 
 
 async def test_an_exact_version_starting_the_day_before_moves_the_conversation_to_that_day(
@@ -248,6 +256,7 @@ async def test_an_exact_version_starting_the_day_before_moves_the_conversation_t
     [charge] = await conn.fetch("SELECT day, talk_seconds FROM talkmeter.conversation_charges")
     assert (charge["day"], charge["talk_seconds"]) == (date(2026, 11, 23), Decimal("82.000"))
     assert (await rerate(pool)).postings == 0
+    await running_state_agrees(conn)
 
 
 async def test_the_writer_role_can_supersede(db_dsn: str, conn: asyncpg.Connection) -> None:
@@ -323,6 +332,7 @@ async def test_two_instances_writing_at_once_end_as_if_only_the_exact_versions_w
     assert len(flags) == len(best) and not any(row["estimated"] for row in flags)
     async with asyncpg.create_pool(db_dsn, min_size=1, max_size=1) as pool:
         assert (await rerate(pool)).postings == 0
+    await running_state_agrees(conn)
 
 
 # --- any arrival order, on PostgreSQL ---------------------------------------------------------------
@@ -390,6 +400,7 @@ async def test_any_order_of_versions_leaves_the_ledger_equal_to_rating_the_exact
             "SELECT conversation_id, talk_seconds, free_seconds, prepaid_seconds, paid_seconds, amount "
             "FROM talkmeter.conversation_charges WHERE client_id = 'C9' ORDER BY conversation_id"
         )
+        assert await audit.check_client(connection, "C9") == []
     # Every example so far, each by its exact version only, rated together: what the ledger must say.
     _EXACT[conversation_id] = parse_conversation(sent[0]).talk
     expected = rate_contract(

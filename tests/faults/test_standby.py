@@ -19,6 +19,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from accounting import audit
+
 from .harness import GUARD, Daemon, Harness, LogLine, callers_are_clients, compare, ledger, seeded, truth
 
 pytestmark = pytest.mark.slow
@@ -33,7 +35,7 @@ def standby(trace: str, dsn: str, workdir: Path, speed: float = 10.0) -> Harness
 
 async def assert_the_ledger_is_the_truth(dsn: str, name: str, why: str = "") -> None:
     """Each conversation once, not estimated, its talk within 0.01 s of the truth; one charge per
-    answered conversation."""
+    answered conversation; the running state equal to the ledger (`talkmeter check-ledger`)."""
     expected = truth(name)
     rows = await ledger(dsn)
     result = compare(rows, expected)
@@ -49,6 +51,10 @@ async def assert_the_ledger_is_the_truth(dsn: str, name: str, why: str = "") -> 
             row["conversation_id"] for row in rows if row["talk_ms"]
         ), why
         assert {row["keys"] for row in charged} == {1}, why
+        for client in {
+            row["client_id"] for row in await conn.fetch("SELECT client_id FROM talkmeter.clients")
+        }:
+            assert await audit.check_client(conn, client) == [], why
     finally:
         await conn.close()
 
