@@ -408,12 +408,14 @@ def _recording(
     database: Database, alerts: AlertEngine | None, metrics: Metrics
 ) -> Callable[[dict[str, Any]], Awaitable[RecordResult]]:
     """Record in the database, count what the version did there, then tell the alerts what was
-    committed (crossings known only now)."""
+    committed (crossings known only now). They are told even when this version changed nothing
+    (a standby's version of a call the other instance recorded first, or one sent again from the
+    spool): the call is recorded all the same, and no longer in progress."""
 
     async def record(conversation: dict[str, Any]) -> RecordResult:
         result = await database.record(conversation)
         metrics.conversation_version(result.version)
-        if alerts is not None and result.status != "duplicate":
+        if alerts is not None:
             alerts.recorded(conversation, result.client_id, result.contract_id)
         return result
 

@@ -12,13 +12,15 @@ import asyncpg
 
 from accounting import store as ledger_store
 from accounting.contracts import Client
-from accounting.ledger import record_conversation
-from daemon.service import serve
+from accounting.ledger import RecordResult, record_conversation
+from daemon.metrics import Metrics
+from daemon.service import Database, _recording, serve
 from daemon.settings import Settings
 from telephony.simulator import AmiSimulator, load_trace
 from tests.accounting.accounting_helpers import conversation_dict
 
-from .line import NUMBER, contract
+from .backends import PostgresBackend
+from .line import MIN, NUMBER, Line, contract, quota
 from .receivers import GUARD, HttpReceiver
 
 TRACES = Path(__file__).resolve().parents[1] / "traces"
@@ -84,3 +86,110 @@ async def test_the_service_alerts_live_on_every_sink_and_once(db_dsn: str, tmp_p
         ("quota.alert", "overrun", ["ami", "pg_notify", "webhook"], []),
     ]
     assert live == 0  # recorded: no longer in progress
+
+
+async def test_two_instances_following_one_pbx_alert_once_and_leave_no_call_in_progress(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """The standby set-up: both services follow the PBX and decide the same crossings; each alert
+    and notice is claimed, so sent, once; and once the call is recorded (by one of them, the
+    other's version being identical) neither shows it in progress any more."""
+    await seed(db_dsn)
+    async with (
+        HttpReceiver() as hook,
+        AmiSimulator(
+            load_trace(TRACES / "inbound_answered.ami"), secret=SECRET, speed=0, start_clients=2
+        ) as sim,
+    ):
+        alerts: dict[str, Any] = {"language": "en", "webhook": {"url": hook.url}}
+        stop = asyncio.Event()
+        databases = {name: Recorded(db_dsn) for name in ("pbx-a", "pbx-b")}
+        services = [
+            asyncio.create_task(
+                serve(standby(sim.port, db_dsn, tmp_path, name, alerts), stop, database, stop_grace=0.5)
+            )
+            for name, database in databases.items()
+        ]
+        try:
+            async with asyncio.timeout(GUARD):
+                await hook.wait_for(3)  # the notice, the 100 %, the overrun
+                for database in databases.values():
+                    await database.recorded.wait()
+                while True:  # polls the database: nothing tells us when a row goes
+                    if not await live(db_dsn):
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            async with asyncio.timeout(GUARD):
+                await asyncio.gather(*services)
+    assert sorted((r.json()["type"], (r.json()["alert"] or {}).get("kind")) for r in hook.requests) == [
+        ("call.started", None),
+        ("quota.alert", "daily"),
+        ("quota.alert", "overrun"),
+    ]
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        rows = await conn.fetch("SELECT sent_to, pending_to FROM talkmeter.alerts ORDER BY alert_id")
+    finally:
+        await conn.close()
+    assert [(r["sent_to"], r["pending_to"]) for r in rows] == [(["pg_notify", "webhook"], [])] * 3
+
+
+class Recorded(Database):
+    """The real store; `recorded` is set once the trace's call went through it."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.recorded = asyncio.Event()
+
+    async def record(self, conversation: dict[str, Any]) -> RecordResult:
+        result = await super().record(conversation)
+        self.recorded.set()
+        return result
+
+
+def standby(port: int, dsn: str, spool: Path, instance: str, alerts: dict[str, Any]) -> Settings:
+    return Settings(
+        ami_port=port,
+        ami_secret=SECRET,
+        database_url=dsn,
+        spool_dir=spool / instance,
+        instance=instance,
+        ami_reconnect_min=0.05,
+        ami_reconnect_max=0.2,
+        alerts=alerts,
+    )
+
+
+async def live(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM talkmeter.live_conversations"))
+    finally:
+        await conn.close()
+
+
+async def test_a_call_the_other_instance_recorded_first_leaves_this_ones_calls_in_progress(
+    db_dsn: str,
+) -> None:
+    """With a standby, this daemon's version of a call often finds the other's already recorded
+    (identical: the ledger does not change). Its engine must be told all the same, or it keeps the
+    call in progress for ever: in its memory, and on the board of quota_now."""
+    async with asyncpg.create_pool(db_dsn, min_size=1, max_size=2) as pool:
+        backend = PostgresBackend(pool)
+        await backend.seed([quota(contract(free_daily_minutes=10))], {NUMBER: ["romashka"]})
+        async with Line(backend) as line:
+            client, agent = line.call()
+            await line.play()
+            await line.wait(MIN)
+            line.pbx.hangup(client, agent)
+            await line.play()
+            finished = line.ended[0].to_json()
+            await record_conversation(pool, {**finished, "instance": "pbx-a"})  # the other instance
+            record = _recording(Database(db_dsn), line.engine, Metrics())
+            result = await record({**finished, "instance": "pbx-b"})
+            await line.settle()
+            await line.engine.flush_board()
+            assert (result.status, result.version) == ("duplicate", "identical")
+            assert await backend.live() == {}
