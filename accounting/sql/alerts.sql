@@ -29,8 +29,8 @@ SELECT
 WITH claimed AS (
     INSERT INTO talkmeter.notifications (
         type, client_id, contract_id, kind, percent, period_start, period_end, match, conversation_id,
-        pbx, crossed_at, decided_at, payload)
-    VALUES ('quota.alert', $1, $2, $3, $4, $5, $6, 'matched', $7, $8, $9, $10, $11::jsonb)
+        pbx, crossed_at, decided_at, payload, instance)
+    VALUES ('quota.alert', $1, $2, $3, $4, $5, $6, 'matched', $7, $8, $9, $10, $11::jsonb, $13)
     ON CONFLICT (client_id, contract_id, kind, percent, period_start) WHERE type = 'quota.alert' DO NOTHING
     RETURNING notification_id, payload
 )
@@ -40,8 +40,8 @@ SELECT talkmeter.claimed(notification_id, $12::text[], payload) FROM claimed;
 -- The same for a call-start notice, once per conversation.
 WITH claimed AS (
     INSERT INTO talkmeter.notifications (
-        type, client_id, contract_id, match, conversation_id, pbx, decided_at, payload)
-    VALUES ('call.started', $1, $2, $3, $4, $5, $6, $7::jsonb)
+        type, client_id, contract_id, match, conversation_id, pbx, decided_at, payload, instance)
+    VALUES ('call.started', $1, $2, $3, $4, $5, $6, $7::jsonb, $9)
     ON CONFLICT (conversation_id) WHERE type = 'call.started' DO NOTHING
     RETURNING notification_id, payload
 )
@@ -54,12 +54,13 @@ UPDATE talkmeter.notification_deliveries
  WHERE notification_id = $1 AND sink = $2;
 
 -- name: pending_deliveries
--- What this daemon claimed and has not delivered yet (after a restart, it goes on).
+-- What this daemon ($1 its PBX, $2 its instance) claimed and has not delivered yet (after a
+-- restart, it goes on); a standby instance of the same PBX leaves them to it.
 SELECT n.notification_id, n.contract_id, n.kind, n.percent, n.period_start, n.payload,
        array_agg(d.sink ORDER BY d.sink) AS sinks, array_agg(d.attempts ORDER BY d.sink) AS attempts
   FROM talkmeter.notifications n
   JOIN talkmeter.notification_deliveries d USING (notification_id)
- WHERE n.pbx = $1 AND d.state = 'pending'
+ WHERE n.pbx = $1 AND (n.instance IS NOT DISTINCT FROM $2 OR n.instance IS NULL) AND d.state = 'pending'
  GROUP BY n.notification_id
  ORDER BY n.notification_id;
 
@@ -68,10 +69,10 @@ SELECT n.notification_id, n.contract_id, n.kind, n.percent, n.period_start, n.pa
 -- name: put_live_conversations
 INSERT INTO talkmeter.live_conversations AS l (
     conversation_id, pbx, client_id, contract_id, channel, client_number, consultants, started_at,
-    as_of, talk_ms, counted_ms, talking, counting, on_hold, ended, heartbeat_at)
+    as_of, talk_ms, counted_ms, talking, counting, on_hold, ended, heartbeat_at, instance)
 SELECT r.conversation_id, $1, r.client_id, r.contract_id, r.channel, r.client_number,
        string_to_array(r.consultants, ','), r.started_at, r.as_of, r.talk_ms, r.counted_ms, r.talking,
-       r.counting, r.on_hold, r.ended, now()
+       r.counting, r.on_hold, r.ended, now(), $16
   FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
               $9::timestamptz[], $10::bigint[], $11::bigint[], $12::boolean[], $13::boolean[],
               $14::boolean[], $15::boolean[])
@@ -82,16 +83,18 @@ ON CONFLICT (conversation_id) DO UPDATE
        client_number = EXCLUDED.client_number, consultants = EXCLUDED.consultants,
        as_of = EXCLUDED.as_of, talk_ms = EXCLUDED.talk_ms, counted_ms = EXCLUDED.counted_ms,
        talking = EXCLUDED.talking, counting = EXCLUDED.counting, on_hold = EXCLUDED.on_hold,
-       ended = EXCLUDED.ended, heartbeat_at = now();
+       ended = EXCLUDED.ended, heartbeat_at = now(), instance = EXCLUDED.instance;
 
 -- name: drop_live_conversations
 DELETE FROM talkmeter.live_conversations WHERE conversation_id = ANY($1::text[]);
 
 -- name: keep_live_conversations
--- This daemon's rows: refresh the heartbeat of those still live, drop the others.
+-- This daemon's rows ($1 its PBX, $3 its instance: a standby's rows are its own): refresh the
+-- heartbeat of those still live, drop the others.
 WITH gone AS (
     DELETE FROM talkmeter.live_conversations
-     WHERE pbx = $1 AND NOT (conversation_id = ANY($2::text[]))
+     WHERE pbx = $1 AND (instance IS NOT DISTINCT FROM $3 OR instance IS NULL)
+       AND NOT (conversation_id = ANY($2::text[]))
 )
 UPDATE talkmeter.live_conversations SET heartbeat_at = now()
  WHERE pbx = $1 AND conversation_id = ANY($2::text[]);

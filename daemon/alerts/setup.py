@@ -47,7 +47,7 @@ def build_engine(
     async def send_action(action: Mapping[str, object]) -> Message:
         return await link().send_action(action)
 
-    store = PgStore(pool, language=alerts.language)
+    store = PgStore(pool, language=alerts.language, instance=settings.instance)
     dispatcher = Dispatcher(
         sinks_from_settings(alerts, send_action),
         store,

@@ -48,9 +48,12 @@ PoolSource = Callable[[], Awaitable[asyncpg.Pool]]
 
 
 class PgStore:
-    def __init__(self, pool: PoolSource, *, language: Language = "ru") -> None:
+    def __init__(self, pool: PoolSource, *, language: Language = "ru", instance: str | None = None) -> None:
+        """`instance`: this talkmeter's name (settings.instance): its claims, the deliveries it
+        resumes and the live rows its heartbeat may drop are its own, not a standby's."""
         self._pool = pool
         self.language = language
+        self.instance = instance
 
     async def match(self, number: str) -> list[str]:
         pool = await self._pool()
@@ -108,6 +111,7 @@ class PgStore:
                     _timestamp(notification.decided_at),
                     body,
                     self._sinks(sinks_for(notification), notify),
+                    self.instance,
                 )
                 taken.add(key)
                 if notification_id is not None:  # else another daemon claimed it: it sends it
@@ -130,6 +134,7 @@ class PgStore:
             _timestamp(notification.decided_at),
             json.dumps(payload(notification, self.language), ensure_ascii=False),
             self._sinks(sinks, notify),
+            self.instance,
         )
         return None if notification_id is None else notification.claimed(notification_id)
 
@@ -137,7 +142,7 @@ class PgStore:
         pool = await self._pool()
         found = []
         async with pool.acquire() as conn:
-            for row in await conn.fetch(QUERIES["pending_deliveries"], pbx):
+            for row in await conn.fetch(QUERIES["pending_deliveries"], pbx, self.instance):
                 contract = await self._contract(conn, row["contract_id"])
                 key = None
                 if row["kind"] is not None:
@@ -177,7 +182,7 @@ class PgStore:
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        await pool.execute(QUERIES["put_live_conversations"], pbx, *columns)
+        await pool.execute(QUERIES["put_live_conversations"], pbx, *columns, self.instance)
 
     async def drop_live(self, conversation_ids: Sequence[str]) -> None:
         pool = await self._pool()
@@ -185,7 +190,7 @@ class PgStore:
 
     async def keep_live(self, pbx: str, conversation_ids: Sequence[str]) -> None:
         pool = await self._pool()
-        await pool.execute(QUERIES["keep_live_conversations"], pbx, list(conversation_ids))
+        await pool.execute(QUERIES["keep_live_conversations"], pbx, list(conversation_ids), self.instance)
 
     # inside transactions
 

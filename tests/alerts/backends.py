@@ -54,9 +54,9 @@ class MemoryBackend:
 
 
 class PostgresBackend:
-    def __init__(self, pool: asyncpg.Pool, language: str = "en") -> None:
+    def __init__(self, pool: asyncpg.Pool, language: str = "en", instance: str | None = None) -> None:
         self.pool = pool
-        self.store: AlertStore = PgStore(self._pool, language=language)  # type: ignore[arg-type]
+        self.store: AlertStore = PgStore(self._pool, language=language, instance=instance)  # type: ignore[arg-type]
 
     async def _pool(self) -> asyncpg.Pool:
         return self.pool

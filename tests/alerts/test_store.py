@@ -39,8 +39,8 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield created
 
 
-async def backend(pool: asyncpg.Pool, **rules: Any) -> PostgresBackend:
-    made = PostgresBackend(pool)
+async def backend(pool: asyncpg.Pool, instance: str | None = None, **rules: Any) -> PostgresBackend:
+    made = PostgresBackend(pool, instance=instance)
     terms = contract(**{"free_daily_minutes": 10, "alert_thresholds": (80,), **rules})
     await made.seed([quota(terms)], {NUMBER: ["romashka"]})
     return made
@@ -222,6 +222,29 @@ async def test_a_restart_goes_on_delivering_what_was_claimed_and_not_sent(pool: 
     assert [row["state"] for row in states] == ["sent", "sent"]
 
 
+async def test_the_standby_of_the_same_pbx_does_not_send_what_the_other_instance_claimed(
+    pool: asyncpg.Pool,
+) -> None:
+    """Deliveries belong to the instance that claimed them: a standby following the same PBX,
+    starting while the first one is still trying a sink, must not send the same alerts again."""
+    store = await backend(pool, instance="pbx-a")
+    silent_receiver = HttpReceiver(lambda request: Reply(hang=True))
+    async with silent_receiver as silent, Line(store, silent, deliveries_settle=False) as line:
+        line.call()
+        await line.play()
+        await line.wait(9 * MIN)
+        async with asyncio.timeout(GUARD):
+            await silent.wait_for(2)  # the notice and the alert are being sent, no answer yet
+    async with HttpReceiver() as other, Line(PostgresBackend(pool, instance="pbx-b"), other) as standby:
+        await standby.settle()
+    assert other.requests == []
+    async with HttpReceiver() as working, Line(PostgresBackend(pool, instance="pbx-a"), working) as again:
+        await again.settle()
+    assert sorted(r.json()["type"] for r in working.requests) == ["call.started", "quota.alert"]
+    rows = await pool.fetch("SELECT pbx, deliveries->'webhook'->>'state' AS state FROM talkmeter.alerts")
+    assert [tuple(row) for row in rows] == [("msk", "sent"), ("msk", "sent")]
+
+
 # --- quota_now and `talkmeter quota` -------------------------------------------------------------
 
 
@@ -293,6 +316,18 @@ async def test_quota_now_counts_recorded_usage_and_the_calls_in_progress(
     await pool.execute("UPDATE talkmeter.live_conversations SET heartbeat_at = now() - interval '3 minutes'")
     stale = await pool.fetchrow("SELECT * FROM talkmeter.quota_now WHERE client_id = 'romashka'")
     assert stale["conversations_in_progress"] == 0 and stale["prepaid_used_seconds"] == 300
+
+
+async def test_a_standby_heartbeat_drops_only_the_live_rows_it_wrote(pool: asyncpg.Pool) -> None:
+    """Two instances of one PBX each write the board; each heartbeat lists the calls that instance
+    follows, and must not drop the row of a call only the other one still follows."""
+    first, standby = PostgresBackend(pool, instance="pbx-a"), PostgresBackend(pool, instance="pbx-b")
+    await first.seed([quota(contract(free_daily_minutes=10))], {NUMBER: ["romashka"]})
+    await first.store.put_live("msk", [live_row("msk:1", 60_000, 0)])
+    await standby.store.keep_live("msk", [])  # the standby follows no call (it has just started)
+    assert list(await first.live()) == ["msk:1"]
+    await first.store.keep_live("msk", [])  # the call is gone for the one that wrote it
+    assert await first.live() == {}
 
 
 async def test_a_day_without_a_free_day_left_shows_none_and_paid_time_counts(
@@ -381,14 +416,15 @@ async def daemon_statements(conn: asyncpg.Connection) -> None:
     assert json.loads(view["days"]) and view["recorded"] == ["earlier"]
     claimed = await conn.fetchval(
         QUERIES["claim_alert"], "romashka", "K1", "daily", 80, day, day, None, "msk", None, now, "{}",
-        ["webhook", "pg_notify"],
+        ["webhook", "pg_notify"], "pbx-a",
     )  # fmt: skip
-    await conn.fetchval(QUERIES["claim_notice"], "romashka", "K1", "matched", "msk:9", "msk", now, "{}", [])
+    await conn.fetchval(QUERIES["claim_notice"], "romashka", "K1", "matched", "msk:9", "msk", now, "{}", [],
+                        "pbx-a")  # fmt: skip
     await conn.execute(QUERIES["delivery_attempted"], claimed, "webhook", "sent", 1, None)
-    await conn.fetch(QUERIES["pending_deliveries"], "msk")
+    await conn.fetch(QUERIES["pending_deliveries"], "msk", "pbx-a")
     live = ["msk:1"], ["romashka"], ["K1"], ["c"], [None], ["101"], [now], [now], [1], [1], [True], [True]
-    await conn.execute(QUERIES["put_live_conversations"], "msk", *live, [False], [False])
-    await conn.execute(QUERIES["keep_live_conversations"], "msk", ["msk:1"])
+    await conn.execute(QUERIES["put_live_conversations"], "msk", *live, [False], [False], "pbx-a")
+    await conn.execute(QUERIES["keep_live_conversations"], "msk", ["msk:1"], "pbx-a")
     await conn.execute(QUERIES["drop_live_conversations"], ["msk:1"])
 
 
