@@ -21,7 +21,8 @@ Usage: .venv/bin/python benchmarks/standby.py [--seeds N] [--copies N] [--trace 
    database (pg_stat_database and pg_stat_user_tables, read once every connection is closed):
    transactions committed (the connection pool's reset when a connection is given back is one of
    them), rows inserted, updated and deleted, and the rows written per table; then what the second
-   instance added.
+   instance added, and the notifications claimed (the same number: none sent twice). Once with the
+   alerts off, once on (their call-start notices and the board of quota_now; no thresholds).
 
 Every database is created on the PostgreSQL of TALKMETER_TEST_DATABASE_URL, as the tests' are,
 and dropped after.
@@ -201,7 +202,9 @@ async def counters(dsn: str) -> tuple[dict[str, int], dict[str, int]]:
         await conn.close()
 
 
-async def one_run(trace: Trace, expected: int, numbers: list[str], instances: int) -> dict[str, Any]:
+async def one_run(
+    trace: Trace, expected: int, numbers: list[str], instances: int, alerts: bool
+) -> dict[str, Any]:
     async with database() as dsn:
         await callers_are_clients(dsn, numbers)
         before, tables_before = await counters(dsn)
@@ -219,6 +222,7 @@ async def one_run(trace: Trace, expected: int, numbers: list[str], instances: in
                                 database_url=dsn,
                                 spool_dir=spool / f"instance-{index}",
                                 instance=f"instance-{index}",
+                                alerts={"enabled": alerts},
                             ),
                             stop,
                             database,
@@ -239,11 +243,13 @@ async def one_run(trace: Trace, expected: int, numbers: list[str], instances: in
         conn = await asyncpg.connect(dsn)
         try:
             stored = await conn.fetchval("SELECT count(*) FROM talkmeter.conversations")
+            notifications = await conn.fetchval("SELECT count(*) FROM talkmeter.notifications")
         finally:
             await conn.close()
     return {
         "instances": instances,
         "stored": stored,
+        "notifications": notifications,
         "elapsed": elapsed,
         **{key: after[key] - before[key] for key in COUNTERS},
         "tables": {t: tables_after[t] - tables_before.get(t, 0) for t in tables_after},
@@ -253,14 +259,14 @@ async def one_run(trace: Trace, expected: int, numbers: list[str], instances: in
 def report(run: dict[str, Any], conversations: int) -> None:
     per = {key: run[key] / conversations for key in COUNTERS}
     print(
-        f"   {run['instances']} instance(s): {run['stored']} conversations stored, "
+        f"      {run['instances']} instance(s): {run['stored']} conversations stored, "
         f"{per['xact_commit']:.2f} transactions, {per['tup_inserted']:.2f} rows inserted, "
         f"{per['tup_updated']:.2f} updated, {per['tup_deleted']:.2f} deleted per conversation "
         f"({run['elapsed']:.1f} s to record them all)"
     )
     written = {table: n / conversations for table, n in sorted(run["tables"].items()) if n}
     print(
-        "      rows written per conversation, by table: "
+        "         rows written per conversation, by table: "
         + ", ".join(f"{t} {n:.2f}" for t, n in written.items())
     )
 
@@ -285,15 +291,18 @@ def main() -> None:
     conversations = 20 * args.copies
     print(f"2. what the second instance costs PostgreSQL: {args.trace.name} x{args.copies} "
           f"({conversations} conversations), speed 0")  # fmt: skip
-    alone = asyncio.run(one_run(trace, conversations, numbers, 1))
-    report(alone, conversations)
-    pair = asyncio.run(one_run(trace, conversations, numbers, 2))
-    report(pair, conversations)
-    extra = {key: (pair[key] - alone[key]) / conversations for key in COUNTERS}
-    print(
-        f"   the second instance adds per conversation: {extra['xact_commit']:.2f} transactions, "
-        f"{extra['tup_inserted'] + extra['tup_updated'] + extra['tup_deleted']:.2f} rows written"
-    )
+    for alerts in (False, True):
+        print(f"   alerts {'on (call-start notices, the board of quota_now)' if alerts else 'off'}:")
+        alone = asyncio.run(one_run(trace, conversations, numbers, 1, alerts))
+        report(alone, conversations)
+        pair = asyncio.run(one_run(trace, conversations, numbers, 2, alerts))
+        report(pair, conversations)
+        extra = {key: (pair[key] - alone[key]) / conversations for key in COUNTERS}
+        print(
+            f"      the second instance adds per conversation: {extra['xact_commit']:.2f} transactions, "
+            f"{extra['tup_inserted'] + extra['tup_updated'] + extra['tup_deleted']:.2f} rows written; "
+            f"notifications claimed: {alone['notifications']} with one, {pair['notifications']} with two"
+        )
 
 
 if __name__ == "__main__":
