@@ -12,12 +12,13 @@ import asyncpg
 
 from accounting import store as ledger_store
 from accounting.contracts import Client
-from accounting.ledger import RecordResult, record_conversation
+from accounting.ledger import record_conversation
 from daemon.metrics import Metrics
 from daemon.service import Database, _recording, serve
 from daemon.settings import Settings
 from telephony.simulator import AmiSimulator, load_trace
 from tests.accounting.accounting_helpers import conversation_dict
+from tests.standby import CountingDatabase, instance_settings
 
 from .backends import PostgresBackend
 from .line import MIN, NUMBER, Line, contract, quota
@@ -103,18 +104,19 @@ async def test_two_instances_following_one_pbx_alert_once_and_leave_no_call_in_p
     ):
         alerts: dict[str, Any] = {"language": "en", "webhook": {"url": hook.url}}
         stop = asyncio.Event()
-        databases = {name: Recorded(db_dsn) for name in ("pbx-a", "pbx-b")}
+        databases = {name: CountingDatabase(db_dsn, 1) for name in ("pbx-a", "pbx-b")}
         services = [
-            asyncio.create_task(
-                serve(standby(sim.port, db_dsn, tmp_path, name, alerts), stop, database, stop_grace=0.5)
+            asyncio.create_task(serve(settings, stop, database, stop_grace=0.5))
+            for settings, database in (
+                (instance_settings(name, sim.port, db_dsn, tmp_path, SECRET, alerts=alerts), database)
+                for name, database in databases.items()
             )
-            for name, database in databases.items()
         ]
         try:
             async with asyncio.timeout(GUARD):
                 await hook.wait_for(3)  # the notice, the 100 %, the overrun
                 for database in databases.values():
-                    await database.recorded.wait()
+                    await database.done.wait()
                 while True:  # polls the database: nothing tells us when a row goes
                     if not await live(db_dsn):
                         break
@@ -134,32 +136,6 @@ async def test_two_instances_following_one_pbx_alert_once_and_leave_no_call_in_p
     finally:
         await conn.close()
     assert [(r["sent_to"], r["pending_to"]) for r in rows] == [(["pg_notify", "webhook"], [])] * 3
-
-
-class Recorded(Database):
-    """The real store; `recorded` is set once the trace's call went through it."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(dsn)
-        self.recorded = asyncio.Event()
-
-    async def record(self, conversation: dict[str, Any]) -> RecordResult:
-        result = await super().record(conversation)
-        self.recorded.set()
-        return result
-
-
-def standby(port: int, dsn: str, spool: Path, instance: str, alerts: dict[str, Any]) -> Settings:
-    return Settings(
-        ami_port=port,
-        ami_secret=SECRET,
-        database_url=dsn,
-        spool_dir=spool / instance,
-        instance=instance,
-        ami_reconnect_min=0.05,
-        ami_reconnect_max=0.2,
-        alerts=alerts,
-    )
 
 
 async def live(dsn: str) -> int:

@@ -12,17 +12,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
-from accounting.ledger import RecordResult
 from daemon.commands.replay import measure_capture
 from daemon.metrics import Metrics
 from daemon.service import Database, claim_state_directory, serve
 from daemon.settings import ConfigError, Settings
 from telephony.simulator import AmiSimulator, load_trace
+from tests.standby import CountingDatabase, instance_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACES = ROOT / "tests" / "traces"
@@ -30,35 +29,6 @@ SECRET = "standby-secret"
 GUARD = 30.0
 
 pytestmark = pytest.mark.db
-
-
-class CountingDatabase(Database):
-    """The real store; `done` is set once `expected` conversations were recorded through it."""
-
-    def __init__(self, dsn: str, expected: int) -> None:
-        super().__init__(dsn)
-        self.expected = expected
-        self.results: list[RecordResult] = []
-        self.done = asyncio.Event()
-
-    async def record(self, conversation: dict[str, Any]) -> RecordResult:
-        result = await super().record(conversation)
-        self.results.append(result)
-        if len(self.results) >= self.expected:
-            self.done.set()
-        return result
-
-
-def instance_settings(name: str, port: int, dsn: str, spool: Path) -> Settings:
-    return Settings(
-        ami_port=port,
-        ami_secret=SECRET,
-        database_url=dsn,
-        spool_dir=spool,
-        instance=name,
-        ami_reconnect_min=0.05,
-        ami_reconnect_max=0.2,
-    )
 
 
 async def test_both_instances_alive_store_each_conversation_once_as_measured(
@@ -74,7 +44,7 @@ async def test_both_instances_alive_store_each_conversation_once_as_measured(
         tasks = [
             asyncio.create_task(
                 serve(
-                    instance_settings(name, sim.port, db_dsn, tmp_path / name),
+                    instance_settings(name, sim.port, db_dsn, tmp_path, SECRET),
                     stop,
                     database,
                     stop_grace=0.5,
@@ -136,7 +106,13 @@ async def test_two_instances_on_one_host_cannot_share_a_spool(db_dsn: str, tmp_p
         async with asyncio.timeout(GUARD):
             assert await holder.stdout.readline() == b"held\n"
         with pytest.raises(ConfigError, match=r"default is in use by talkmeter instance 'pbx-a' \(pid \d+\)"):
-            await serve(instance_settings("pbx-b", 9, db_dsn, shared), asyncio.Event(), Database(db_dsn))
+            await serve(
+                Settings(
+                    ami_port=9, ami_secret=SECRET, database_url=db_dsn, spool_dir=shared, instance="pbx-b"
+                ),
+                asyncio.Event(),
+                Database(db_dsn),
+            )
     finally:
         holder.kill()  # kill -9: the kernel releases the lock
         await holder.wait()
