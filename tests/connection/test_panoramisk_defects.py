@@ -1,4 +1,4 @@
-"""Each panoramisk 1.4 defect we wrap (../shared/DOMAIN.md), shown on panoramisk and fixed in ours.
+"""Each panoramisk 1.4 defect we wrap (listed in telephony/ami.py), shown on panoramisk and fixed in ours.
 
 Where the fix is about the network, its test is in test_link.py against the simulator:
 - unchecked ping / half-open link: test_half_open_link_is_detected_by_ping_and_reconnected
