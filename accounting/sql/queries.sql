@@ -255,7 +255,12 @@ INSERT INTO talkmeter.current_charges AS cur (
     client_id, conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
     prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes,
     days, postings, last_charge_id)
-SELECT $1, c.conversation_id, c.contract_id, cv.started_at, c.day, c.talk_ms, c.hold_ms, c.excluded_ms,
+SELECT $1, c.conversation_id, c.contract_id,
+       -- A key's start: kept as it is when the key exists (the row conflicts), else its
+       -- conversation's (COALESCE reads the conversation for new keys only).
+       COALESCE(k.started_at, (SELECT cv.started_at FROM talkmeter.conversations cv
+                                WHERE cv.conversation_id = c.conversation_id)),
+       c.day, c.talk_ms, c.hold_ms, c.excluded_ms,
        c.free_ms, c.prepaid_ms, c.paid_ms, c.billable_seconds, c.amount, c.currency, c.over_quota,
        c.short_call, c.tier_changes::jsonb, c.days::jsonb, 1, p.charge_id
   FROM unnest($3::text[], $4::text[], $26::date[], $27::bigint[], $28::bigint[], $29::bigint[],
@@ -264,7 +269,8 @@ SELECT $1, c.conversation_id, c.contract_id, cv.started_at, c.day, c.talk_ms, c.
        AS c(conversation_id, contract_id, day, talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms,
             paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes, days)
   JOIN posted p USING (conversation_id, contract_id)
-  JOIN talkmeter.conversations cv USING (conversation_id)
+  LEFT JOIN talkmeter.current_charges k
+    ON k.client_id = $1 AND k.conversation_id = c.conversation_id AND k.contract_id = c.contract_id
 ON CONFLICT (client_id, conversation_id, contract_id) DO UPDATE
    SET day = EXCLUDED.day, talk_ms = EXCLUDED.talk_ms, hold_ms = EXCLUDED.hold_ms,
        excluded_ms = EXCLUDED.excluded_ms, free_ms = EXCLUDED.free_ms,
