@@ -11,7 +11,9 @@ out is reported even when no event follows. Each finished conversation goes to `
 The time given to `tick` must never run ahead of what has been applied, or a debounce could expire
 on a gap that an event still in the queue would have closed: when the queue is empty it is the
 link's event clock (the PBX's `Timestamp`s plus elapsed time), otherwise the time of the last
-applied event.
+applied event (`applied_until`). A checkpoint is stamped the same way, and taken only when every
+conversation that has left the tracker has been handed over (`checkpoint`): a crash then finds each
+conversation in the checkpoint or in the spool, never in neither.
 
 Supervision (daemon.supervision): if either task ends or fails, everything stops and the failure is
 raised as `TaskDied`. Stopping (the `stop` event) is graceful and bounded: the link logs off (no new
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -97,6 +100,13 @@ class Pipeline:
         self.applied = 0
         self.resynced = asyncio.Event()  # set each time a snapshot has been applied
         self._position = float("-inf")  # time of the last applied event
+        # Effects applied to the tracker and not yet handed over, in order. A conversation that has
+        # ended is in here until `on_conversation` (the spool) has it, so that a checkpoint, which
+        # no longer lists it, is only taken when this is empty: never in neither file.
+        self._unhanded: deque[Effect] = deque()
+        self._all_handed = asyncio.Event()
+        self._all_handed.set()
+        self._first_told = False  # `on_effect` has seen the first of `_unhanded` already
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (graceful, bounded) or a task dies (`TaskDied` names it)."""
@@ -114,6 +124,13 @@ class Pipeline:
                 raise StopForced(stuck, death)
         if death is not None:
             raise death
+
+    async def checkpoint(self) -> list[dict[str, Any]]:
+        """The calls in progress as of the events applied, to save: taken when every conversation
+        that has left the tracker has been handed over (spooled), never between the two."""
+        while self._unhanded:
+            await self._all_handed.wait()
+        return self.tracker.checkpoint(self.applied_until())
 
     async def settle(self) -> None:
         """Wait until everything the PBX has sent so far is applied (a ping round trip, then the queue)."""
@@ -137,10 +154,12 @@ class Pipeline:
         remaining = max(0.1, deadline - time.monotonic())
         try:
             async with asyncio.timeout(remaining):
+                await self._hand_over()  # what a cancel interrupted comes first
                 if self.on_stop is not None:
-                    await self.on_stop(self.tracker, self.link.clock.now())
+                    await self.on_stop(self.tracker, self.applied_until())
                 else:
-                    await self._handle_all(self.tracker.close_all())
+                    self._to_hand(self.tracker.close_all())
+                    await self._hand_over()
         except TimeoutError:
             log.warning("pipeline.close_timeout")
         log.info("pipeline.stopped", applied=self.applied)
@@ -156,10 +175,11 @@ class Pipeline:
                 effects = self._apply(item) if item is not None else []
                 if time.monotonic() - last_tick >= TICK_SECONDS:
                     last_tick = time.monotonic()
-                    effects += self.tracker.tick(self._tick_time())
+                    effects += self.tracker.tick(self.applied_until())
                     if self.metrics is not None:
                         self.metrics.conversations_in_progress(len(self.tracker.open_conversations))
-                await self._handle_all(effects)
+                self._to_hand(effects)  # no await since the tracker changed: see `checkpoint`
+                await self._hand_over()
             finally:
                 if item is not None:
                     queue.task_done()
@@ -182,19 +202,35 @@ class Pipeline:
             log.info("pipeline.session_lost", reason=item.reason)
         return []
 
-    def _tick_time(self) -> float:
+    def applied_until(self) -> float:
+        """The moment the tracker's state stands at: the link's clock when nothing waits in the
+        queue, else the time of the last applied event (ticks and checkpoints must not run ahead)."""
         if self.link.queue.empty():
             return self.link.clock.now()
         return self._position
 
-    async def _handle_all(self, effects: list[Effect]) -> None:
-        for effect in effects:
-            if self.on_effect is not None:
-                self.on_effect(effect)
+    def _to_hand(self, effects: list[Effect]) -> None:
+        if effects:
+            self._unhanded.extend(effects)
+            self._all_handed.clear()
+
+    async def _hand_over(self) -> None:
+        """Hand the applied effects over, in order. One that a cancel interrupted (at a stop) stays
+        first and is handed over again: a conversation spooled twice is recorded once (the ledger
+        keeps one per id), one never spooled would be lost."""
+        while self._unhanded:
+            effect = self._unhanded[0]
+            if not self._first_told:
+                self._first_told = True
+                if self.on_effect is not None:
+                    self.on_effect(effect)
             if isinstance(effect, ConversationEnded):
                 await self.on_conversation(effect.conversation.to_json())
             elif isinstance(effect, Anomaly):
                 log_anomaly(effect)
+            self._unhanded.popleft()
+            self._first_told = False
+        self._all_handed.set()
 
 
 #: anomalies the admin must act on: logged as warnings under their own stable names

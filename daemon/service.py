@@ -502,15 +502,15 @@ async def _checkpoint_forever(
     # during an outage we do not know that. The previous one stays until we know again. One is also
     # taken as soon as a snapshot has been applied: after a restart the calls just resumed are then
     # on disk at once, and a second crash soon after the first does not fall back to older ones.
-    # The state is taken here, on the loop; the disk thread writes it after any spool append asked
-    # before.
+    # The state is taken on the loop once every conversation that has left the call model is in the
+    # spool (`Pipeline.checkpoint`); the disk thread writes it after the appends asked before.
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):
                 await pipeline.resynced.wait()
         pipeline.resynced.clear()
         if pipeline.link.connected:
-            await disk(checkpoints.save, pipeline.tracker.checkpoint(pipeline.link.clock.now()))
+            await disk(checkpoints.save, await pipeline.checkpoint())
 
 
 async def _watchdog_forever(writer: ConversationWriter, interval: float) -> None:

@@ -227,3 +227,38 @@ async def test_on_stop_receives_the_open_calls_instead_of_closing_them() -> None
             await task
     assert found == []
     assert len(saved) == 1
+
+
+async def test_a_stop_that_interrupts_a_hand_over_hands_it_over_again() -> None:
+    """Was: a stop whose drain ran out cancelled the consumer while it handed an ended conversation
+    to the spool; the conversation had left the call model, so neither the spool nor the stop's
+    checkpoint had it."""
+    found: list[dict[str, Any]] = []
+    saved: list[dict[str, Any]] = []
+    handing = asyncio.Event()
+
+    async def stuck_once(conversation: dict[str, Any]) -> None:
+        if not handing.is_set():
+            handing.set()
+            await asyncio.Event().wait()  # a disk that never answers, until the stop cancels it
+        found.append(conversation)
+
+    async def checkpoint(tracker: CallTracker, now: float) -> None:
+        saved.extend(tracker.checkpoint(now))
+
+    trace = load_trace(TRACES / "inbound_answered.ami")
+    async with AmiSimulator(trace, secret=SECRET, speed=0) as sim:
+        pipeline = Pipeline(
+            settings_for(sim.port), stuck_once, on_stop=checkpoint, sleep=RecordingSleep(), grace=0.2
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(stop))
+        async with asyncio.timeout(GUARD):
+            await handing.wait()
+            stop.set()
+            await task
+    (expected,) = truth("inbound_answered")
+    (conversation,) = found  # handed over again after the cancel, not lost, not twice
+    assert conversation["client_number"] == expected["client_number"]
+    assert conversation["estimated"] is False
+    assert saved == []

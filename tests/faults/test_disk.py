@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from daemon.journal import encode
+from daemon.journal import DiskThread, encode
 from daemon.live import Pipeline
-from daemon.service import Checkpoints
+from daemon.service import Checkpoints, _checkpoint_forever
 from daemon.writer import ConversationWriter, Spool
 from telephony.simulator import AmiSimulator, load_trace
+
+from tests.daemon.test_spool import checkpoint_items
 
 from .harness import (
     GUARD,
@@ -222,3 +224,59 @@ def _earlier_conversation() -> dict[str, Any]:
         ],
         "estimated": False,
     }
+
+
+class WitnessedCheckpoints(Checkpoints):
+    """Checkpoints that note, at each save, which conversations a crash right after it would find on
+    disk: those in the checkpoint and those in the spool file."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.directory = directory
+        self.found_after_save: list[set[str]] = []
+        self.saved_twice = threading.Event()
+
+    def save(self, saved: list[dict[str, Any]]) -> None:
+        super().save(saved)
+        spooled = {conversation["conversation_id"] for conversation in Spool(self.directory).pending()}
+        self.found_after_save.append(spooled | {item["conversation_id"] for item in saved})
+        if len(self.found_after_save) >= 2:
+            self.saved_twice.set()
+
+
+async def test_a_crash_after_any_checkpoint_finds_every_conversation(tmp_path: Path) -> None:
+    """Was: when one step ended several conversations (the snapshot after a restart ends those that
+    hung up meanwhile), the checkpoint taken at the first spool append, which no longer listed them,
+    was written before the later appends: a crash then found them in neither file."""
+    last = checkpoint_items()[-1]
+    resumed = [
+        {**last, "uniqueid": f"{last['uniqueid']}{n}", "conversation_id": f"{last['conversation_id']}{n}"}
+        for n in range(4)
+    ]
+    checkpoints = WitnessedCheckpoints(tmp_path)
+    checkpoints.save(resumed)
+    disk = DiskThread()
+    writer = ConversationWriter(_keep, Spool(tmp_path), lambda error: False, disk=disk)
+    await writer.resume()
+    async with AmiSimulator(load_trace(TRACES / "inbound_answered.ami"), secret=SECRET, speed=0) as sim:
+        config = settings(sim.port, "postgresql://unused", tmp_path)
+        tracker = config.call_tracker()
+        tracker.restore(checkpoints.load())
+        pipeline = Pipeline(config, writer.submit, tracker=tracker)
+        stop = asyncio.Event()
+        running = asyncio.create_task(pipeline.run(stop))
+        checkpointing = asyncio.create_task(_checkpoint_forever(pipeline, checkpoints, disk, GUARD))
+        try:  # the first save is the test's own; the second, the service's after the snapshot
+            assert await asyncio.to_thread(checkpoints.saved_twice.wait, GUARD)
+        finally:
+            checkpointing.cancel()
+            stop.set()
+            await running
+            disk.close()
+    everyone = {item["conversation_id"] for item in resumed}
+    for found in checkpoints.found_after_save:
+        assert everyone <= found
+
+
+async def _keep(conversation: dict[str, Any]) -> None:
+    """A database that takes everything (this test is about the disk)."""
