@@ -134,7 +134,11 @@ class Spool:
             return
         kept = {key: line for key, line in lines.items() if key not in conversation_ids}
         data = b"".join(kept.values())
-        write_atomically(self.path, data, self.temporary)
+        try:
+            write_atomically(self.path, data, self.temporary)
+        except OSError:
+            self._lines = None  # the rename may have happened or not: read the file again next time
+            raise
         self._lines, self._end = kept, len(data)
 
     def pending(self) -> list[dict[str, Any]]:

@@ -211,3 +211,26 @@ def test_a_damaged_checkpoint_record_is_quarantined(tmp_path: Path) -> None:
     assert Checkpoints(tmp_path).load() == [items[1]]
     reasons = [entry["reason"] for entry in quarantined(tmp_path)]
     assert len(reasons) == 2 and "'segments'" in reasons[0] and reasons[1].startswith("torn tail")
+
+
+def test_an_append_after_a_failed_compaction_keeps_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: when the directory's fsync failed after the compacted spool was renamed into place, the
+    spool still believed the old, longer file: the next append padded the new file with zeros up to
+    the old end and wrote there, and after a restart that conversation went to quarantine."""
+    spool = Spool(tmp_path)
+    spool.open()
+    for number in range(3):
+        spool.append({"conversation_id": f"pbx:{number}"})
+
+    def failing(directory: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("daemon.journal.sync_directory", failing)  # the disk fails after the rename
+    with pytest.raises(OSError):
+        spool.forget({"pbx:0", "pbx:1"})
+    monkeypatch.undo()
+    spool.append({"conversation_id": "pbx:3"})
+    assert [c["conversation_id"] for c in Spool(tmp_path).open()] == ["pbx:2", "pbx:3"]
+    assert not (tmp_path / "quarantine.jsonl").exists()
