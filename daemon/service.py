@@ -196,15 +196,17 @@ class Checkpoints:
 
     def load(self) -> list[dict[str, Any]]:
         if self.path.exists():
+            source = self.path
             found = scan(read_file(self.path), check_checkpoint)
             damaged, saved = found.damaged, found.records
             if found.torn:
                 damaged.append((found.torn, "torn tail: the file was cut short"))
         elif self.legacy_path.exists():
+            source = self.legacy_path
             saved, damaged = _read_legacy_checkpoint(read_file(self.legacy_path))
         else:
             return []
-        if self.quarantine.put(self.path.name, damaged) or self.legacy_path.exists():
+        if self.quarantine.put(source.name, damaged) or self.legacy_path.exists():
             self.save(saved)  # so that the same damage is not quarantined again at the next start
         return saved
 

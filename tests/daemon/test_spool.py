@@ -188,7 +188,7 @@ def test_a_malformed_conversation_in_an_old_checkpoint_is_quarantined(
     (tmp_path / "open.json").write_text(json.dumps([bad, good]))
     assert Checkpoints(tmp_path).load() == [good]
     (entry,) = quarantined(tmp_path)
-    assert entry["file"] == "checkpoint.records" and reason in entry["reason"]
+    assert entry["file"] == "open.json" and reason in entry["reason"]  # the file it came from
     assert not (tmp_path / "open.json").exists()  # taken over
     assert Checkpoints(tmp_path).load() == [good]
     assert len(quarantined(tmp_path)) == 1
