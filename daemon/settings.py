@@ -307,7 +307,10 @@ def _sources(
     environment = {name.lower(): name for name in os.environ}
     sources = {}
     for name in Settings.model_fields:
-        variable = environment.get((ENV_PREFIX + name).lower())
+        nested = (ENV_PREFIX + name + "__").lower()  # TALKMETER_ALERTS__WEBHOOK__URL sets alerts
+        variable = environment.get((ENV_PREFIX + name).lower()) or next(
+            (variable for lower, variable in sorted(environment.items()) if lower.startswith(nested)), None
+        )
         if name in overrides:
             sources[name] = Source("command line", "--" + name.removeprefix("ami_").replace("_", "-"))
         elif variable is not None:
@@ -341,10 +344,10 @@ def describe(error: ValidationError, sources: dict[str, Source]) -> str:
 
 def _is_secret(setting: str) -> bool:
     """The AMI secret, the database URL, and any nested setting that names a secret (the alert
-    sinks' bot_token, password, headers)."""
+    sinks' bot_token, password, headers) or may carry one (a webhook URL often holds its token)."""
     leaf = setting.split(".")
     return setting in SECRET_SETTINGS or any(
-        word in part for part in leaf for word in ("token", "password", "secret", "headers")
+        word in part for part in leaf for word in ("token", "password", "secret", "headers", "url")
     )
 
 
@@ -406,13 +409,14 @@ def _valid_port(text: str) -> bool:
 
 
 def masked_dsn(url: str) -> str:
-    """The URL with its password (in the user part or as `password=`) replaced by asterisks."""
+    """The URL with its passwords (in the user part, as `password=` or as `sslpassword=`, the
+    client key's) replaced by asterisks."""
     parts = urlsplit(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
     if at and ":" in userinfo:
         userinfo = userinfo.partition(":")[0] + ":" + MASK
     query = "&".join(
-        f"{key}={MASK}" if key == "password" else f"{key}={value}"
+        f"{key}={MASK}" if key in ("password", "sslpassword") else f"{key}={value}"
         for key, _, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
     return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hosts}", query=query))

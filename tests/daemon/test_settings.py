@@ -131,6 +131,10 @@ MISTAKES: dict[str, tuple[Callable[[Path, pytest.MonkeyPatch], list[str]], str]]
         lambda tmp, mp: _env(mp, TALKMETER_INSTANCE="pbx a"),
         r"instance = 'pbx a' from TALKMETER_INSTANCE: use 1 to 64 ASCII letters, digits, '\.', '_', '-'",
     ),
+    "webhook URL, from a nested variable, with its token": (
+        lambda tmp, mp: _env(mp, TALKMETER_ALERTS__WEBHOOK__URL=f"ftp://hooks.example/{PASSWORD}"),
+        r"alerts\.webhook\.url from TALKMETER_ALERTS__WEBHOOK__URL: must start with http:// or https://",
+    ),
     "default_region ZZ": (
         lambda tmp, mp: _file(tmp, b'default_region = "ZZ"\n'),
         r"default_region = 'ZZ' in .*talkmeter\.toml: must be a two-letter region code .* such as RU",
@@ -169,7 +173,8 @@ def test_check_config_shows_every_setting_its_source_and_masks_secrets(
     secret.write_text("hunter2\n")
     monkeypatch.setenv("TALKMETER_AMI_SECRET_FILE", str(secret))
     monkeypatch.setenv(
-        "TALKMETER_DATABASE_URL", f"postgresql://daemon:{PASSWORD}@db.example/tm?sslmode=require"
+        "TALKMETER_DATABASE_URL",
+        f"postgresql://daemon:{PASSWORD}@db.example/tm?sslmode=require&sslpassword={PASSWORD}",
     )
     assert main(["check-config", "--config", str(config)]) == 0
     out = capsys.readouterr().out
@@ -181,7 +186,7 @@ def test_check_config_shows_every_setting_its_source_and_masks_secrets(
     assert rows["database_url"].split() == [
         "environment",
         "TALKMETER_DATABASE_URL",
-        "postgresql://daemon:********@db.example/tm?sslmode=require",
+        "postgresql://daemon:********@db.example/tm?sslmode=require&sslpassword=********",
     ]
     assert "hunter2" not in out and PASSWORD not in out
     assert out.endswith("configuration is valid for `talkmeter run` (nothing was connected to)\n")
