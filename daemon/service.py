@@ -371,8 +371,8 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         await _wind_down(tasks, writer, pipeline.grace, stop_grace)
     finally:
         stuck = await cancel_within(tasks, STOP_CANCEL_SECONDS) + _forced_inside(tasks)
-        if alerts is not None:
-            await _close_alerts(alerts)
+        if alerts is not None and not await _close_alerts(alerts):
+            stuck.append("alerts")
         await database.close()
         if metrics.server is not None:
             metrics.server.close()
@@ -384,14 +384,18 @@ async def _serve(settings: Settings, stop: asyncio.Event, database: Database, di
         raise death
 
 
-async def _close_alerts(alerts: AlertEngine) -> None:
-    """Deliveries still being tried stay pending, for the next start; a sink that does not let go
-    within the bound is left behind rather than holding up the stop."""
-    try:
-        async with asyncio.timeout(STOP_CANCEL_SECONDS):
-            await alerts.close()
-    except TimeoutError:
-        log.warning("alerts.close_timeout", waited=STOP_CANCEL_SECONDS)
+async def _close_alerts(alerts: AlertEngine, bound: float = STOP_CANCEL_SECONDS) -> bool:
+    """Deliveries still being tried stay pending, for the next start. False when the engine did
+    not let go within the bound: it is left behind (a timeout around the wait would not do, it
+    waits for a task that ignores its cancel as long as that task likes), and the stop is forced."""
+    closing = asyncio.ensure_future(alerts.close())
+    done, _ = await asyncio.wait([closing], timeout=bound)
+    if not done:
+        log.warning("alerts.close_timeout", waited=bound)
+        return False
+    if closing.exception() is not None:
+        log.error("alerts.close_failed", error=repr(closing.exception()))
+    return True
 
 
 def _side_tasks(writer: ConversationWriter, alerts: AlertEngine | None) -> list[asyncio.Task[None]]:

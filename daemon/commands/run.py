@@ -63,18 +63,19 @@ def run(args: argparse.Namespace) -> int:
     except FatalStorageError as error:
         print(f"talkmeter: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except TaskDied as death:  # already logged, as one line
-        if isinstance(death.error, FatalStorageError):
-            print(f"talkmeter: {death.error}", file=sys.stderr)
-        return EXIT_FAILURE
     return 0
 
 
 async def _run_or_exit(settings: Settings) -> None:
     try:
         await run_until_signalled(settings)
-    except StopForced:
-        # Tasks that ignore a cancel would hang asyncio.run's own clean-up as well: leave now.
+    except (StopForced, TaskDied) as failure:
+        # The service has stopped what it could, within its bounds, and logged why. asyncio.run's
+        # own clean-up and the interpreter's exit would still wait without a bound: for a task that
+        # ignores its cancel, or for a disk thread stuck in an fsync (the disk that killed a task).
+        # Leave now.
+        if isinstance(failure, TaskDied) and isinstance(failure.error, FatalStorageError):
+            print(f"talkmeter: {failure.error}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_FAILURE)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.service import Checkpoints, Database, serve
+from daemon.service import Checkpoints, Database, _close_alerts, serve
 from daemon.supervision import StopForced, TaskDied, cancel_within
 from daemon.writer import Spool
 from telephony.effects import Effect, TalkStarted
@@ -115,13 +115,15 @@ async def test_sigterm_stops_the_process_cleanly(db_dsn: str, tmp_path: Path) ->
     assert not harness.daemon.events("service.task_died")
 
 
-def test_a_forced_stop_ends_the_process_at_once() -> None:
+@pytest.mark.parametrize("failure", ['StopForced(["deaf"])', 'TaskDied("spool", OSError(28, "full"))'])
+def test_a_forced_stop_or_a_task_death_ends_the_process_at_once(failure: str) -> None:
     """asyncio.run's own clean-up would wait for a task that ignores its cancel as long as the
-    service did: after StopForced the command leaves at once, with status 1."""
+    service did: after StopForced, or a task's death (was: asyncio.run's clean-up, unbounded), the
+    command leaves at once, with status 1."""
     script = """
 import asyncio, contextlib
 import daemon.commands.run as command
-from daemon.supervision import StopForced
+from daemon.supervision import StopForced, TaskDied
 
 async def deaf() -> None:
     while True:
@@ -131,13 +133,31 @@ async def deaf() -> None:
 async def service_that_could_not_stop(settings) -> None:
     asyncio.get_running_loop().create_task(deaf(), name="deaf")
     await asyncio.sleep(0)
-    raise StopForced(["deaf"])
+    raise FAILURE
 
 command.run_until_signalled = service_that_could_not_stop
 asyncio.run(command._run_or_exit(None))
 print("asyncio.run returned")
 """
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=GUARD, check=False
+        [sys.executable, "-c", script.replace("FAILURE", failure)], cwd=ROOT, capture_output=True, text=True, timeout=GUARD, check=False
     )
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
+
+
+async def test_alerts_that_do_not_let_go_force_the_stop_within_its_bound() -> None:
+    """Was: a timeout around the engine's close, which still waited for a delivery that ignored its
+    cancel as long as that delivery liked."""
+
+    class DeafAlerts:
+        async def close(self) -> None:
+            for _ in range(50):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.1)
+
+    started = asyncio.get_running_loop().time()
+    with capture_logs() as logs:
+        let_go = await _close_alerts(DeafAlerts(), bound=0.2)  # type: ignore[arg-type]
+    assert let_go is False
+    assert asyncio.get_running_loop().time() - started < 1.0  # not the 5 s the delivery wanted
+    assert [entry["event"] for entry in logs] == ["alerts.close_timeout"]
