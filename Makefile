@@ -4,11 +4,14 @@ PY := $(VENV)/bin/python
 
 .PHONY: install demo test bench wheel
 
-$(PY):
+# The target is pip, not python: Debian's venv creates bin/python before it fails for want of
+# ensurepip (the python3-venv package), and a half-made .venv must not count as made.
+$(VENV)/bin/pip:
+	rm -rf $(VENV)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-install: $(PY)
+install: $(VENV)/bin/pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 
 # Replays a recorded call through the AMI simulator and measures it live.
