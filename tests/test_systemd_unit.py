@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.settings import Settings
+
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "talkmeter@.service"
 TARGET = 2.5
 
@@ -59,7 +61,8 @@ def test_the_hardening_keeps_what_the_service_needs() -> None:
     assert "PrivateNetwork" not in settings and "IPAddressDeny" not in settings
     assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
     assert settings["StateDirectory"] == ["talkmeter"]
-    assert "TALKMETER_SPOOL_DIR=/var/lib/talkmeter" in settings["Environment"]
+    assert Settings.model_fields["spool_dir"].default == Path("/var/lib/talkmeter")  # StateDirectory
+    assert not any(value.startswith("TALKMETER_SPOOL_DIR") for value in settings["Environment"])  # the file's wins
     assert "TALKMETER_AMI_SECRET_FILE=%d/ami-secret" in settings["Environment"]
     assert settings["LoadCredential"] == ["ami-secret:/etc/talkmeter/%i.ami-secret"]
     assert "ProcSubset" not in settings  # the process metrics read /proc/stat
