@@ -33,9 +33,10 @@ the earlier of the two starts, so the change reaches the ledger as adjustment ro
 Order does not matter where it must not: the kept version only ever moves from estimated to exact
 (rule 3 is the only replacement), so for any set of versions whose exact ones agree, every arrival
 order ends with an exact one kept if there is any, and with the same measurement. Where exact
-versions disagree, the first one to commit stays, which the issue chose; the disagreement is shown
-either way. Concurrent arrivals are serialised by the database (a transaction lock on the
-conversation id, taken before anything else is read), so "first" is well defined.
+versions disagree, the first one to commit stays (neither is known to be the right one, and the
+ledger must not flip between them); the disagreement is shown either way. Concurrent arrivals are
+serialised by the database (a transaction lock on the conversation id, taken before anything else
+is read), so "first" is well defined.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Figures (all counted over every event in the stream, noise included):
 
 1. panoramisk 1.4's own parser (`AMIProtocol.data_received`, dispatching every event), the baseline;
 2. `FrameReader` with the call model's event filter (framing only);
-3. `FrameReader` + `CallTracker.feed`: the in-process pipeline the issue holds to >= 100,000 events/s;
+3. `FrameReader` + `CallTracker.feed`: the in-process pipeline, whose target is >= 100,000 events/s;
 4. end to end over loopback TCP: the simulator (same process) -> AmiLink -> consumer -> CallTracker,
    without and with the service's metrics (daemon.metrics) reporting.
 

@@ -1,4 +1,4 @@
-"""A standby instance (issue 10): kill -9 either of two talkmeters following one PBX at any moment,
+"""A standby instance (see README, "High availability"): kill -9 either of two talkmeters following one PBX at any moment,
 and no talk is lost and nothing is doubled.
 
 Two `talkmeter run` processes follow the simulated PBX, one AMI session each, with their own

@@ -1,7 +1,7 @@
 """Every recorded trace reproduces its SIP-measured ground truth (tests/traces/README.md).
 
 The traces are real Asterisk 22 AMI streams; the truth comes from the SIP messages, independent of
-Asterisk. Tolerances are the issue's: talk and hold within 0.2 s; consultants, order, number,
+Asterisk. Tolerances: talk and hold within 0.2 s (far above the traces' own AMI-vs-SIP difference); consultants, order, number,
 direction and line exactly.
 """
 
