@@ -54,7 +54,13 @@ def test_the_wheel_carries_everything_an_installed_talkmeter_needs(tmp_path: Pat
     (wheel,) = (tmp_path / "dist").glob("talkmeter-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        for package in ("daemon", "daemon/commands", "telephony", "accounting"):
+        packages = sorted(
+            init.parent.relative_to(ROOT).as_posix()
+            for top in ("daemon", "telephony", "accounting")
+            for init in (ROOT / top).rglob("__init__.py")
+        )
+        assert "daemon/alerts" in packages
+        for package in packages:
             modules = {p.name for p in (ROOT / package).glob("*.py")}
             assert {f"{package}/{name}" for name in modules} <= names, package
         assert (

@@ -73,7 +73,7 @@ class TelegramSettings(_Section):
 
 class EmailSettings(_Section):
     host: str
-    port: int | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     """Default: 587 with starttls, 465 with ssl, 25 with none."""
     security: Literal["starttls", "ssl", "none"] = "starttls"
     username: str | None = None

@@ -247,3 +247,15 @@ def test_a_pbx_name_is_restricted_to_safe_characters(name: str) -> None:
 def test_ordinary_pbx_names_are_accepted(name: str, tmp_path: Path) -> None:
     settings = load_settings(pbx=name, spool_dir=tmp_path)
     assert (settings.spool_dir / settings.pbx).resolve().parent == tmp_path.resolve()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_smtp_port_out_of_range_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: accepted, and every e-mail alert then failed at delivery, 20 attempts each."""
+    config = tmp_path / "msk.toml"
+    config.write_text('[alerts.email]\nhost = "smtp.example"\nport = 99999\n')
+    assert main(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("talkmeter: invalid configuration: alerts.email.port = 99999") and "65535" in err
