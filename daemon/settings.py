@@ -249,6 +249,24 @@ class Loaded:
     config_file: Path | None
 
 
+def built_in_settings(**values: Any) -> Settings:
+    """Settings from `values` and the defaults only: no environment, no configuration file."""
+
+    class BuiltIn(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings,)
+
+    return BuiltIn(**values)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from `overrides` (None values ignored), the environment, then `config_file`.
 

@@ -23,7 +23,7 @@ import structlog
 from daemon.live import OnConversation, Pipeline, stop_on_signals
 from daemon.logging import configure_logging
 from daemon.output import Summary, conversation_line, json_line, write_line
-from daemon.settings import ConfigError, load_settings
+from daemon.settings import ConfigError, built_in_settings, load_settings
 from telephony.simulator import AmiSimulator, load_trace
 
 log = structlog.get_logger("daemon.demo")
@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         action="append",
         help="a recorded .ami capture to replay (repeatable; default: the two shipped ones, "
-        "attended_transfer and concurrent_20)",
+        "attended_transfer and concurrent_20, played with the built-in settings; your own are "
+        "played with your configuration: TALKMETER_CONFIG and the TALKMETER_* variables)",
     )
     parser.add_argument(
         "--speed", type=float, default=20.0, help="replay speed (default 20; 0 = as fast as possible)"
@@ -76,37 +77,42 @@ def run(args: argparse.Namespace) -> int:
 
     with contextlib.ExitStack() as stack:
         traces = args.trace or [stack.enter_context(as_file(shipped_trace(name))) for name in DEFAULT_TRACES]
-        code = asyncio.run(demo(traces, args.speed, show))
+        code = asyncio.run(demo(traces, args.speed, show, configured=bool(args.trace)))
     if not args.json:
         write_line("\n" + summary.table().rstrip("\n"))
     return code
 
 
-async def demo(traces: list[Path], speed: float, on_conversation: OnConversation) -> int:
+async def demo(
+    traces: list[Path], speed: float, on_conversation: OnConversation, configured: bool = False
+) -> int:
+    """Play `traces` one after the other. `configured`: with the user's settings (their own
+    recordings, named as their PBX names channels), else with the built-in ones only, which the
+    shipped recordings were made with: the demo must not depend on the machine's set-up."""
     stop = asyncio.Event()
     with stop_on_signals(stop):
         for trace in traces:
             if stop.is_set():
                 return 130
-            await play(trace, speed, on_conversation, stop)
+            await play(trace, speed, on_conversation, stop, configured)
     return 0
 
 
 async def play(
-    trace: Path, speed: float, on_conversation: OnConversation, interrupted: asyncio.Event
+    trace: Path, speed: float, on_conversation: OnConversation, interrupted: asyncio.Event, configured: bool
 ) -> None:
     """Replay one trace through the simulator and the live pipeline until it is fully measured."""
     secret = secrets.token_urlsafe(16)  # a throwaway: the simulator and the pipeline share it in memory
     async with AmiSimulator(load_trace(trace), user="demo", secret=secret, speed=speed) as simulator:
-        settings = load_settings(
-            None,
-            ami_host=simulator.host,
-            ami_port=simulator.port,
-            ami_user="demo",
-            ami_secret=secret,
-            ami_reconnect_min=0.05,
-            ami_reconnect_max=0.5,
-        )
+        link = {
+            "ami_host": simulator.host,
+            "ami_port": simulator.port,
+            "ami_user": "demo",
+            "ami_secret": secret,
+            "ami_reconnect_min": 0.05,
+            "ami_reconnect_max": 0.5,
+        }
+        settings = load_settings(None, **link) if configured else built_in_settings(**link)
         pipeline = Pipeline(settings, on_conversation)
         stop = asyncio.Event()
         running = asyncio.create_task(pipeline.run(stop), name="demo-pipeline")

@@ -34,6 +34,17 @@ def test_demo_prints_a_line_per_conversation_then_the_table(capsys: pytest.Captu
     assert [row.split()[1] for row in table.splitlines()[2:]] == ["101", "102", "103", "104", "105", "106"]
 
 
+def test_the_shipped_demo_does_not_depend_on_the_machines_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: the demo read TALKMETER_CONFIG and the TALKMETER_* variables: a trunk pattern of the
+    user's PBX measured nothing, a missing config file made it exit 2."""
+    monkeypatch.setenv("TALKMETER_TRUNK_CHANNELS", '["SIP/beeline-*"]')
+    monkeypatch.setenv("TALKMETER_CONFIG", str(tmp_path / "missing.toml"))
+    assert main(["demo", "--speed", "0", "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 21
+
+
 def test_json_keeps_the_records_for_machines_and_nothing_else(capsys: pytest.CaptureFixture[str]) -> None:
     trace = str(TRACES / "attended_transfer.ami")
     assert main(["demo", "--trace", trace, "--speed", "0", "--json"]) == 0
