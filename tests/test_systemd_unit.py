@@ -62,7 +62,8 @@ def test_the_hardening_keeps_what_the_service_needs() -> None:
     assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
     assert settings["StateDirectory"] == ["talkmeter"]
     assert Settings.model_fields["spool_dir"].default == Path("/var/lib/talkmeter")  # StateDirectory
-    assert not any(value.startswith("TALKMETER_SPOOL_DIR") for value in settings["Environment"])  # the file's wins
+    # The spool directory is left to the TOML file: the environment would override it.
+    assert not any(value.startswith("TALKMETER_SPOOL_DIR") for value in settings["Environment"])
     assert "TALKMETER_AMI_SECRET_FILE=%d/ami-secret" in settings["Environment"]
     assert settings["LoadCredential"] == ["ami-secret:/etc/talkmeter/%i.ami-secret"]
     assert "ProcSubset" not in settings  # the process metrics read /proc/stat

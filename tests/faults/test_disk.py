@@ -18,7 +18,6 @@ from daemon.live import Pipeline
 from daemon.service import Checkpoints, _checkpoint_forever
 from daemon.writer import ConversationWriter, Spool
 from telephony.simulator import AmiSimulator, load_trace
-
 from tests.daemon.test_spool import checkpoint_items
 
 from .harness import (

@@ -1,5 +1,5 @@
-"""A standby instance (see README, "High availability"): kill -9 either of two talkmeters following one PBX at any moment,
-and no talk is lost and nothing is doubled.
+"""A standby instance (see README, "High availability"): kill -9 either of two talkmeters
+following one PBX at any moment, and no talk is lost and nothing is doubled.
 
 Two `talkmeter run` processes follow the simulated PBX, one AMI session each, with their own
 `instance` names and spools, into one PostgreSQL where every caller of the trace is a client with a

@@ -140,7 +140,12 @@ asyncio.run(command._run_or_exit(None))
 print("asyncio.run returned")
 """
     done = subprocess.run(
-        [sys.executable, "-c", script.replace("FAILURE", failure)], cwd=ROOT, capture_output=True, text=True, timeout=GUARD, check=False
+        [sys.executable, "-c", script.replace("FAILURE", failure)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+        check=False,
     )
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
 

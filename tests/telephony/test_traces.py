@@ -1,8 +1,8 @@
 """Every recorded trace reproduces its SIP-measured ground truth (tests/traces/README.md).
 
 The traces are real Asterisk 22 AMI streams; the truth comes from the SIP messages, independent of
-Asterisk. Tolerances: talk and hold within 0.2 s (far above the traces' own AMI-vs-SIP difference); consultants, order, number,
-direction and line exactly.
+Asterisk. Tolerances: talk and hold within 0.2 s (far above the traces' own AMI-vs-SIP
+difference); consultants, order, number, direction and line exactly.
 """
 
 from __future__ import annotations
