@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from telephony.framing import FrameReader, Malformed, Message
 from telephony.stamps import StreamClock
@@ -37,6 +38,18 @@ def parse_timing(lines: Iterable[str]) -> list[Chunk]:
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"timing line {number}: {error}") from error
     return chunks
+
+
+def timing_beside(capture: Path, sidecar: Path | None = None) -> list[Chunk] | None:
+    """The receive times of a capture: `sidecar`, else `<capture>.timing` if there is one (None
+    without). Raises ValueError naming the file and what is wrong with it."""
+    sidecar = sidecar or capture.with_name(capture.name + ".timing")
+    if not sidecar.is_file():
+        return None
+    try:
+        return parse_timing(sidecar.read_text(encoding="utf-8").splitlines())
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{sidecar}: {error}") from error
 
 
 def read_capture(

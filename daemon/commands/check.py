@@ -49,7 +49,7 @@ from telephony.ami import (
     SessionStarted,
 )
 from telephony.calls import WANTED_EVENTS, CallTracker, Snapshot
-from telephony.capture import parse_timing, read_capture
+from telephony.capture import read_capture, timing_beside
 from telephony.census import Census, Group
 from telephony.effects import ConversationEnded, Effect
 from telephony.framing import Message
@@ -297,11 +297,10 @@ def observe_capture(path: Path, settings: Settings, timing_path: Path | None = N
     """The same observations from a recorded capture (bytes as Asterisk sent them)."""
     if not path.is_file():
         raise ConfigError(f"no such capture: {path}")
-    sidecar = timing_path or path.with_name(path.name + ".timing")
     try:
-        timing = parse_timing(sidecar.read_text().splitlines()) if sidecar.is_file() else None
+        timing = timing_beside(path, timing_path)
     except ValueError as error:
-        raise ConfigError(f"{sidecar}: {error}") from error
+        raise ConfigError(str(error)) from error
     observations = _new_observations(f"capture {path.name}", False, settings)
     for message, received_at in read_capture(path.read_bytes(), timing):
         if not isinstance(message, Message):

@@ -31,7 +31,7 @@ from daemon.logging import configure_logging
 from daemon.output import Progress, conversation_line, json_line, summarise, write_line
 from daemon.settings import ConfigError, Settings, load_settings
 from telephony.calls import WANTED_EVENTS
-from telephony.capture import parse_timing, read_capture
+from telephony.capture import read_capture, timing_beside
 from telephony.effects import Anomaly, Conversation, ConversationEnded
 from telephony.framing import Malformed, Message
 
@@ -52,8 +52,10 @@ def measure_capture(path: Path, settings: Settings, timing_path: Path | None = N
     """All conversations of a capture, in the order they ended; anomalies go to stderr."""
     if not path.is_file():
         raise ConfigError(f"no such capture: {path}")
-    sidecar = timing_path or path.with_name(path.name + ".timing")
-    timing = parse_timing(sidecar.read_text().splitlines()) if sidecar.is_file() else None
+    try:
+        timing = timing_beside(path, timing_path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     tracker = settings.call_tracker()
     finished: list[Conversation] = []
     progress = Progress(f"measuring {path.name}")

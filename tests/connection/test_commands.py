@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import Iterator
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import structlog
@@ -155,3 +156,18 @@ def test_version_and_help_for_people(capsys: pytest.CaptureFixture[str]) -> None
     run_help = capsys.readouterr().out
     for variable in ("TALKMETER_DATABASE_URL", "TALKMETER_AMI_SECRET ", "TALKMETER_AMI_SECRET_FILE"):
         assert variable in run_help
+
+
+@pytest.mark.parametrize("command", [["replay", "--dry-run"], ["check", "--trace"]])
+@pytest.mark.parametrize("sidecar", [b'{"off": 0}\n', b"\xff\xfe"], ids=["missing key", "not UTF-8"])
+def test_a_broken_timing_sidecar_is_one_line_naming_it(
+    command: list[str], sidecar: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: `replay` crashed with a traceback on a malformed `.timing` file (`check` did not)."""
+    capture = tmp_path / "call.ami"
+    capture.write_bytes((TRACES / "inbound_answered.ami").read_bytes())
+    (tmp_path / "call.ami.timing").write_bytes(sidecar)
+    argv = [*command, str(capture)] if command[0] == "check" else [command[0], str(capture), command[1]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"talkmeter: {tmp_path / 'call.ami.timing'}: ") and err.count("\n") == 1
