@@ -128,10 +128,7 @@ async def test_malformed_files_at_start_are_quarantined_and_the_service_runs(
     assert rows[0]["conversation_id"] == "default:earlier"
     result = compare(rows[1:], truth("hold"))
     assert (result.lost, result.doubled) == ([], []) and result.worst <= TALK_TOLERANCE, result.summary()
-    assert sorted(entry["file"] for entry in quarantined(directory)) == [
-        "checkpoint.records",
-        "pending.jsonl",
-    ]
+    assert sorted(entry["file"] for entry in quarantined(directory)) == ["open.json", "pending.jsonl"]
 
 
 async def test_a_disk_full_for_the_checkpoint_stops_the_service_and_loses_nothing(
