@@ -234,6 +234,43 @@ async def test_a_version_that_changes_the_client_moves_the_charge(
     await running_state_agrees(conn)
 
 
+async def test_a_superseding_start_moves_the_keys_of_every_client_that_had_the_conversation(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """C1 keeps a key reversed to zero after the number moved to C2; the exact version, a minute
+    later, must move that key too, or C1 gaining the conversation back would post its 'charge'
+    row a second time (the key not found at the conversation's start)."""
+    await seed(conn)
+    await record_conversation(pool, measured("msk:1", "a", (2, 40), estimated=True))
+    await store.save_client(conn, Client("C1", "Romashka LLC", "Europe/Moscow", ()))
+    await store.save_client(conn, Client("C2", "Vasilek JSC", "Europe/Moscow", (OLGA, IVAN)))
+    await rerate(pool)
+    later = measured("msk:1", "b", (2, 40), start="2026-11-24T10:01:00+03:00")
+    assert (await record_conversation(pool, later)).version == "superseded"
+    starts = await conn.fetch(
+        "SELECT DISTINCT k.started_at = c.started_at AS same FROM talkmeter.current_charges k "
+        "JOIN talkmeter.conversations c USING (conversation_id)"
+    )
+    assert [row["same"] for row in starts] == [True]
+    await store.save_client(conn, Client("C2", "Vasilek JSC", "Europe/Moscow", (OLGA,)))
+    await store.save_client(conn, Client("C1", "Romashka LLC", "Europe/Moscow", (IVAN,)))
+    await rerate(pool)
+    assert [(row[0], row[1], row[3]) for row in await ledger(conn)] == [("msk:1", "C1", Decimal("40.000"))]
+    assert (await rerate(pool, full=True)).postings == 0
+    await running_state_agrees(conn)
+
+
+async def test_check_ledger_finds_a_key_whose_start_is_not_its_conversations(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await seed(conn)
+    await record_conversation(pool, measured("msk:1", "a", (2, 40)))
+    await conn.execute("UPDATE talkmeter.current_charges SET started_at = started_at - interval '1 minute'")
+    [mismatch] = await audit.check_client(conn, "C1")
+    assert (mismatch.table, mismatch.key) == ("current_charges", "msk:1/K1")
+    assert "started_at" in str(mismatch)
+
+
 async def test_an_exact_version_starting_the_day_before_moves_the_conversation_to_that_day(
     pool: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
