@@ -456,7 +456,7 @@ async def end_contract(pool: asyncpg.Pool, contract_id: str, last_day: date) -> 
 
 async def withdraw_contract(pool: asyncpg.Pool, contract_id: str) -> str:
     """Remove a contract no conversation was ever charged under (imported by mistake); returns its
-    client. A contract in the ledger stays: end it instead."""
+    client. A contract in the ledger, or one an alert or notice named, stays: end it instead."""
     async with _retryable(), _contract_errors(), pool.acquire() as conn:
         client_id: str = await conn.fetchval(QUERIES["withdraw_contract"], contract_id)
     return client_id

@@ -17,3 +17,30 @@ UPDATE talkmeter.current_charges k
    AND k.started_at <> c.started_at
    AND k.conversation_id IN (SELECT v.conversation_id FROM talkmeter.conversation_versions v
                               WHERE v.outcome = 'superseded');
+
+-- ===== A contract an alert names is not withdrawn ==========================================
+-- An alert or call-start notice (notifications.contract_id) names its contract, and is the record
+-- of what a client was told: withdrawing the contract would have to delete it (the foreign key
+-- refused, and the accountant saw a database error). The contract stays and can be ended instead,
+-- as one with charged conversations. The function keeps its owner and grants (0004).
+CREATE OR REPLACE FUNCTION talkmeter.withdraw_contract(contract text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    existing talkmeter.contracts;
+BEGIN
+    SELECT * INTO existing FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no contract %', quote_literal(contract) USING ERRCODE = 'no_data_found';
+    END IF;
+    IF EXISTS (SELECT 1 FROM talkmeter.charges WHERE client_id = existing.client_id AND contract_id = contract) THEN
+        RAISE EXCEPTION 'contract % has charged conversations, so it stays in the ledger: end it instead (talkmeter contract end)',
+            quote_literal(contract) USING ERRCODE = 'check_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM talkmeter.notifications WHERE contract_id = contract) THEN
+        RAISE EXCEPTION 'contract % has alerts or notices sent under it (talkmeter.alerts), so it stays: end it instead (talkmeter contract end)',
+            quote_literal(contract) USING ERRCODE = 'check_violation';
+    END IF;
+    DELETE FROM talkmeter.contracts WHERE contract_id = contract;
+    RETURN existing.client_id;
+END
+$$;

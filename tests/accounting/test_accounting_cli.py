@@ -336,6 +336,27 @@ def test_contract_end_rerates_and_withdraw_removes_an_unused_contract(
     assert code == 2 and "must look like 2026-11-30" in err
 
 
+def test_withdraw_refuses_a_contract_an_alert_was_sent_under(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The alert names the contract (notifications.contract_id): withdrawing it was a foreign-key
+    traceback; it is a refusal on one line, and the contract stays."""
+    asyncio.run(
+        query(
+            month_end,
+            "INSERT INTO talkmeter.notifications (type, client_id, contract_id, match, conversation_id, "
+            "pbx, decided_at, payload) "
+            "VALUES ('call.started', 'C1', 'K0', 'matched', 'e', 'default', now(), '{}')",
+        )
+    )
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    code, out, err = run(capsys, "contract", "withdraw", "K0")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "alerts" in err and "end it instead" in err
+    contracts = asyncio.run(query(month_end, "SELECT contract_id FROM talkmeter.client_contracts"))
+    assert sorted(row["contract_id"] for row in contracts) == ["K0", "K1"]
+
+
 def test_check_ledger_from_the_command_line(
     month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
