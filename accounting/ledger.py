@@ -447,8 +447,9 @@ class ContractRefused(Exception):
 
 
 async def end_contract(pool: asyncpg.Pool, contract_id: str, last_day: date) -> tuple[str, RerateSummary]:
-    """Let the contract end on `last_day` (client-local, inclusive), then re-rate its client from
-    the first day that changed. Returns the client and what the rerate posted."""
+    """Let the contract end on `last_day` (client-local, inclusive; not before its start, not after
+    the last day it has: ending never extends a contract), then re-rate its client from the first
+    day that changed. Returns the client and what the rerate posted."""
     async with _retryable(), _contract_errors(), pool.acquire() as conn:
         client_id: str = await conn.fetchval(QUERIES["end_contract"], contract_id, last_day)
     return client_id, await rerate(pool, client_id)

@@ -44,3 +44,30 @@ BEGIN
     RETURN existing.client_id;
 END
 $$;
+
+-- ===== Accountants end contracts, never extend or reopen them ================================
+-- `contract end` sets a contract's last day on or before the one it has (an open-ended contract
+-- takes any day from its start): a later day would extend an ended contract or reopen one whose
+-- term is over, and changing terms is the importer's job (the schema owner's), as the README's
+-- roles say. The function keeps its owner and grants (0004).
+CREATE OR REPLACE FUNCTION talkmeter.end_contract(contract text, last_day date) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    existing talkmeter.contracts;
+BEGIN
+    SELECT * INTO existing FROM talkmeter.contracts WHERE contract_id = contract FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no contract %', quote_literal(contract) USING ERRCODE = 'no_data_found';
+    END IF;
+    IF last_day < existing.valid_from THEN
+        RAISE EXCEPTION 'contract % starts on %: it cannot end before it starts (a contract never used can be withdrawn)',
+            quote_literal(contract), existing.valid_from USING ERRCODE = 'check_violation';
+    END IF;
+    IF last_day > existing.valid_to THEN
+        RAISE EXCEPTION 'contract % already ends on %: it can end earlier, not later (a new term is a contract import)',
+            quote_literal(contract), existing.valid_to USING ERRCODE = 'check_violation';
+    END IF;
+    UPDATE talkmeter.contracts SET valid_to = last_day, updated_at = now() WHERE contract_id = contract;
+    RETURN existing.client_id;
+END
+$$;

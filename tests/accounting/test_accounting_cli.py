@@ -336,6 +336,23 @@ def test_contract_end_rerates_and_withdraw_removes_an_unused_contract(
     assert code == 2 and "must look like 2026-11-30" in err
 
 
+def test_contract_end_never_extends_or_reopens_a_contract(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Accountants may end a contract, not change its terms: a later last day than it has is
+    refused, the same one changes nothing."""
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    assert run(capsys, "contract", "end", "K1", "2026-11-25")[0] == 0
+    for later in ("2026-11-26", "2027-12-31"):
+        code, out, err = run(capsys, "contract", "end", "K1", later)
+        assert (code, out) == (2, "") and err.count("\n") == 1
+        assert "already ends on 2026-11-25" in err
+    assert run(capsys, "contract", "end", "K1", "2026-11-25")[0] == 0
+    assert run(capsys, "contract", "end", "K1", "2026-11-24")[0] == 0
+    ends = asyncio.run(query(month_end, "SELECT valid_to FROM talkmeter.contracts WHERE contract_id = 'K1'"))
+    assert [row["valid_to"].isoformat() for row in ends] == ["2026-11-24"]
+
+
 def test_withdraw_refuses_a_contract_an_alert_was_sent_under(
     month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
