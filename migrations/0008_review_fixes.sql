@@ -71,3 +71,45 @@ BEGIN
     RETURN existing.client_id;
 END
 $$;
+
+-- ===== A number changed in place moves the old number's conversations too ====================
+-- 0004's trigger looked at NEW.number only, so `UPDATE client_numbers SET number = …` (the
+-- importer deletes and inserts, but SQL by hand may not) queued the clients of the new number and
+-- left the old number's conversations with a client that no longer holds it. The work for one
+-- number is now a function of its own, run for the old and the new number of an UPDATE.
+CREATE FUNCTION talkmeter.number_moved(changed text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM talkmeter.queue_rerate(affected.client_id, affected.since, true)
+       FROM (SELECT c.client_id, min(c.started_at) AS since
+               FROM talkmeter.conversations c
+              WHERE c.client_number = changed AND c.client_id IS NOT NULL
+              GROUP BY c.client_id
+             UNION ALL
+             SELECT h.client_id, (SELECT min(c.started_at) FROM talkmeter.conversations c
+                                   WHERE c.client_number = changed)
+               FROM talkmeter.client_numbers h
+              WHERE h.number = changed) affected
+      WHERE affected.since IS NOT NULL;
+    UPDATE talkmeter.conversations c
+       SET match_status = r.status
+      FROM talkmeter.conversations u
+     CROSS JOIN LATERAL talkmeter.resolve(u.conversation_id, u.client_number) r
+     WHERE u.client_number = changed AND u.client_id IS NULL
+       AND c.conversation_id = u.conversation_id
+       AND r.client_id IS NULL AND c.match_status IS DISTINCT FROM r.status;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION talkmeter.number_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM talkmeter.number_moved(OLD.number);
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.number IS DISTINCT FROM OLD.number) THEN
+        PERFORM talkmeter.number_moved(NEW.number);
+    END IF;
+    RETURN NULL;
+END
+$$;
