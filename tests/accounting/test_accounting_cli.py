@@ -420,3 +420,5 @@ def test_accountants_see_clients_contracts_and_weekly_free_days(month_end: str) 
         ("2026-11-23", 2, 3)
     ]
     assert weeks[0]["free_seconds"] == Decimal("1800.000")
+    # K1 has no weekly limit: no count of days left (0 read as "none left").
+    assert (weeks[0]["free_days_per_week"], weeks[0]["free_days_left"]) == (None, None)

@@ -197,6 +197,21 @@ async def test_a_number_changed_in_place_moves_its_conversations(
     assert (await rerate(pool, full=True)).postings == 0
 
 
+async def test_quota_now_counts_no_free_days_left_without_a_weekly_limit(conn: asyncpg.Connection) -> None:
+    """GREATEST ignores NULL: a contract without free_days_per_week showed 0 days left, which
+    reads as none left; it shows none (NULL), as weekly_usage and the alerts' payload do."""
+    await seed(conn, valid_from=date(2020, 1, 1))
+    await store.save_contract(
+        conn, contract(contract_id="K2", client_id="C2", valid_from=date(2020, 1, 1), free_daily_minutes=5,
+                       free_days_per_week=2)
+    )  # fmt: skip
+    rows = await conn.fetch(
+        "SELECT contract_id, free_days_per_week, free_days_used, free_days_left FROM talkmeter.quota_now "
+        "ORDER BY contract_id"
+    )
+    assert [tuple(row) for row in rows] == [("K1", None, 0, None), ("K2", 2, 0, 2)]
+
+
 async def test_assignment_of_a_withheld_conversation(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     await seed(conn)
     await record_conversation(
