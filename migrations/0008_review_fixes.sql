@@ -250,3 +250,19 @@ SELECT d.client_id,
        d.in_progress,
        now() AS as_of
   FROM drawn d;
+
+-- ===== A conversation's line day follows its start ===========================================
+-- 0004 set line_day on insert only, but a superseding exact version changes started_at (0006):
+-- line_quality then counted the conversation on the estimated version's day. The trigger now
+-- runs on an update of started_at too (a new line_timezone still recomputes every row through
+-- settings_line_zone, whose UPDATE sets line_day only). The conversations already superseded
+-- are the only ones whose start ever changed: their line day is recomputed once.
+DROP TRIGGER conversations_line_day ON talkmeter.conversations;
+CREATE TRIGGER conversations_line_day BEFORE INSERT OR UPDATE OF started_at ON talkmeter.conversations
+    FOR EACH ROW EXECUTE FUNCTION talkmeter.set_line_day();
+UPDATE talkmeter.conversations c
+   SET line_day = (c.started_at AT TIME ZONE (SELECT value FROM talkmeter.settings WHERE key = 'line_timezone'))::date
+ WHERE c.conversation_id IN (SELECT v.conversation_id FROM talkmeter.conversation_versions v
+                              WHERE v.outcome = 'superseded')
+   AND c.line_day IS DISTINCT FROM
+       (c.started_at AT TIME ZONE (SELECT value FROM talkmeter.settings WHERE key = 'line_timezone'))::date;

@@ -296,6 +296,20 @@ async def test_an_exact_version_starting_the_day_before_moves_the_conversation_t
     await running_state_agrees(conn)
 
 
+async def test_a_superseding_start_moves_the_conversation_to_its_line_day(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """line_quality counts the conversation on the day (settings.line_timezone, Moscow) it started:
+    the exact version's, not the estimated one's."""
+    await seed(conn)
+    late = measured("msk:1", "a", (0.5, 80), estimated=True, start="2026-11-24T00:00:01+03:00")
+    await record_conversation(pool, late)
+    exact = measured("msk:1", "b", (0.5, 82), start="2026-11-23T23:59:59+03:00")
+    assert (await record_conversation(pool, exact)).version == "superseded"
+    days = await conn.fetch("SELECT day, offered FROM talkmeter.line_quality")
+    assert [tuple(row) for row in days] == [(date(2026, 11, 23), 1)]
+
+
 async def test_the_writer_role_can_supersede(db_dsn: str, conn: asyncpg.Connection) -> None:
     await seed(conn)
 

@@ -59,3 +59,15 @@ async def test_keys_left_at_a_superseded_start_are_moved_to_their_conversations(
     await migrate(conn)
     assert await audit.check_client(conn, "C1") == []
     assert (await rerate(pool, full=True)).postings == 0
+
+
+async def test_line_days_left_at_a_superseded_start_are_recomputed(
+    at_0007: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    pool, conn = at_0007
+    await record_conversation(pool, measured("a", "2026-11-24T00:00:01+03:00", estimated=True))
+    await record_conversation(pool, measured("b", "2026-11-23T23:59:59+03:00", estimated=False))
+    line_day = "SELECT line_day FROM talkmeter.conversations"
+    assert str(await conn.fetchval(line_day)) == "2026-11-24"  # 0007 set it on insert only
+    await migrate(conn)
+    assert str(await conn.fetchval(line_day)) == "2026-11-23"
