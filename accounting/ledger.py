@@ -49,7 +49,12 @@ superseding an estimated one replaces the conversation's facts (the old version 
 it, the conversation's keys move to its start) and its client is re-rated from the earlier of the
 two starts, as `rerate` does, so the change reaches the ledger as adjustment rows. Locks are
 always taken conversation first, then client, so two instances writing the same conversations at
-once, in any order, neither deadlock nor double anything.
+once, in any order, double nothing. They can deadlock in one case: a supersede takes the old
+client's lock, then the new client's, so two supersedes moving conversations between two clients
+in opposite directions may wait for each other. PostgreSQL detects the cycle after
+`deadlock_timeout` and aborts one of them (deadlock_detected, a TransactionRollbackError): its
+caller gets a `RetryableStorageError` with nothing written, and the daemon records that version
+again from its spool.
 
 Errors: `InvalidConversation` (from `conversations`) means the input is wrong and retrying is
 useless; `RetryableStorageError` means the database was unreachable or aborted the transaction;

@@ -29,7 +29,7 @@ from structlog.testing import capture_logs
 from accounting import audit, store
 from accounting.contracts import Client
 from accounting.conversations import Talk, parse_conversation
-from accounting.ledger import record_conversation, rerate
+from accounting.ledger import RetryableStorageError, record_conversation, rerate
 from accounting.rating import rate_contract
 from tests.db import admin, unique_name
 
@@ -308,6 +308,35 @@ async def test_a_superseding_start_moves_the_conversation_to_its_line_day(
     assert (await record_conversation(pool, exact)).version == "superseded"
     days = await conn.fetch("SELECT day, offered FROM talkmeter.line_quality")
     assert [tuple(row) for row in days] == [(date(2026, 11, 23), 1)]
+
+
+async def test_supersedes_moving_conversations_both_ways_may_deadlock_and_are_retried(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Superseding takes the old client's lock, then the new one's: two supersedes moving
+    conversations between two clients in opposite directions can wait for each other. PostgreSQL
+    detects it and aborts one; that one is a RetryableStorageError (nothing written) and its
+    retry succeeds. Here the other side is played by a session holding C2 and asking for C1."""
+    await seed(conn)
+    async with asyncpg.create_pool(db_dsn, min_size=1, max_size=1) as daemon:
+        await record_conversation(daemon, measured("msk:1", "a", (2, 40), estimated=True))
+        moving = measured("msk:1", "b", (2, 40), number=OLGA)  # from C1 to C2
+        await conn.execute("SET deadlock_timeout = '10s'")  # so the daemon is the one aborted
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(1952541801, hashtext('C2'))")
+            writing = asyncio.create_task(record_conversation(daemon, moving))
+            waiting = (
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            while await conn.fetchval(waiting) is None:  # noqa: ASYNC110 (polls the server)
+                await asyncio.sleep(0.01)
+            await conn.execute("SELECT pg_advisory_xact_lock(1952541801, hashtext('C1'))")
+            with pytest.raises(RetryableStorageError, match="DeadlockDetectedError"):
+                await writing
+        assert dict(await kept(conn, "msk:1"))["instance"] == "a"
+        assert (await record_conversation(daemon, moving)).version == "superseded"
+    await running_state_agrees(conn)
 
 
 async def test_the_writer_role_can_supersede(db_dsn: str, conn: asyncpg.Connection) -> None:
