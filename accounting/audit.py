@@ -3,8 +3,10 @@
 The ledger (`charges`, `charge_days`) is the truth; `current_charges` and the usage tables are
 kept beside it in the same transactions (see `usage`). This check sums one client's ledger rows
 in SQL, derives the running state from those sums with the same pure functions the writes use
-(`usage.summarise`), and compares both with what the tables hold. It reads the client's whole
-ledger, one client at a time: it is an audit, not something rating does.
+(`usage.summarise`), and compares both with what the tables hold. It also checks that every key
+starts when its conversation does: rating reads keys by start, and a key left at another start
+would have its 'charge' row posted again. It reads the client's whole ledger, one client at a
+time: it is an audit, not something rating does.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class Mismatch:
     key: str
     ledger: str
     stored: str
+    truth: str = "the ledger sums to"
+    """What `ledger` is: the ledger's sums, or the conversation's start for a key's start."""
 
     def __str__(self) -> str:
         return (
             f"{self.table} {self.client_id}/{self.key}: "
-            f"the ledger sums to {self.ledger}, the table holds {self.stored}"
+            f"{self.truth} {self.ledger}, the table holds {self.stored}"
         )
 
 
@@ -40,10 +44,22 @@ async def check_client(conn: asyncpg.Connection, client_id: str) -> list[Mismatc
         ledger = await store.ledger_keys(conn, client_id)
         stored = await store.stored_keys(conn, client_id)
         running = await store.stored_usage(conn, client_id)
+        misdated = await store.misdated_keys(conn, client_id)
     mismatches = [
         Mismatch(client_id, "current_charges", "/".join(key), repr(ledger.get(key)), repr(stored.get(key)))
         for key in sorted(set(ledger) | set(stored))
         if _normalised(ledger.get(key)) != _normalised(stored.get(key))
+    ]
+    mismatches += [
+        Mismatch(
+            client_id,
+            "current_charges",
+            "/".join(key),
+            conversation_start.isoformat(),
+            key_start.isoformat(),
+            "started_at: its conversation starts at",
+        )
+        for key, (key_start, conversation_start) in sorted(misdated.items())
     ]
     expected = without_zeros(summarise((key[1], record.value) for key, record in ledger.items()))
     mismatches += _compare(client_id, expected, without_zeros(running))

@@ -49,7 +49,12 @@ superseding an estimated one replaces the conversation's facts (the old version 
 it, the conversation's keys move to its start) and its client is re-rated from the earlier of the
 two starts, as `rerate` does, so the change reaches the ledger as adjustment rows. Locks are
 always taken conversation first, then client, so two instances writing the same conversations at
-once, in any order, neither deadlock nor double anything.
+once, in any order, double nothing. They can deadlock in one case: a supersede takes the old
+client's lock, then the new client's, so two supersedes moving conversations between two clients
+in opposite directions may wait for each other. PostgreSQL detects the cycle after
+`deadlock_timeout` and aborts one of them (deadlock_detected, a TransactionRollbackError): its
+caller gets a `RetryableStorageError` with nothing written, and the daemon records that version
+again from its spool.
 
 Errors: `InvalidConversation` (from `conversations`) means the input is wrong and retrying is
 useless; `RetryableStorageError` means the database was unreachable or aborted the transaction;
@@ -447,8 +452,9 @@ class ContractRefused(Exception):
 
 
 async def end_contract(pool: asyncpg.Pool, contract_id: str, last_day: date) -> tuple[str, RerateSummary]:
-    """Let the contract end on `last_day` (client-local, inclusive), then re-rate its client from
-    the first day that changed. Returns the client and what the rerate posted."""
+    """Let the contract end on `last_day` (client-local, inclusive; not before its start, not after
+    the last day it has: ending never extends a contract), then re-rate its client from the first
+    day that changed. Returns the client and what the rerate posted."""
     async with _retryable(), _contract_errors(), pool.acquire() as conn:
         client_id: str = await conn.fetchval(QUERIES["end_contract"], contract_id, last_day)
     return client_id, await rerate(pool, client_id)
@@ -456,7 +462,7 @@ async def end_contract(pool: asyncpg.Pool, contract_id: str, last_day: date) -> 
 
 async def withdraw_contract(pool: asyncpg.Pool, contract_id: str) -> str:
     """Remove a contract no conversation was ever charged under (imported by mistake); returns its
-    client. A contract in the ledger stays: end it instead."""
+    client. A contract in the ledger, or one an alert or notice named, stays: end it instead."""
     async with _retryable(), _contract_errors(), pool.acquire() as conn:
         client_id: str = await conn.fetchval(QUERIES["withdraw_contract"], contract_id)
     return client_id

@@ -97,7 +97,7 @@ _TABLE_HEADER = (
 
 
 def format_table(lines: Sequence[StatementLine]) -> str:
-    """A fixed-width table for people: durations as h:mm:ss, billable in minutes:seconds."""
+    """A fixed-width table for people: durations, billable time included, as h:mm:ss."""
     if not lines:
         return "no charges for this month\n"
     body = [

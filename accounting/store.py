@@ -547,6 +547,14 @@ async def stored_keys(conn: asyncpg.Connection, client_id: str) -> dict[Key, Key
     }
 
 
+async def misdated_keys(conn: asyncpg.Connection, client_id: str) -> dict[Key, tuple[datetime, datetime]]:
+    """The client's keys whose start differs from their conversation's: (the key's, the conversation's)."""
+    return {
+        (row["conversation_id"], row["contract_id"]): (row["started_at"], row["conversation_started_at"])
+        for row in await conn.fetch(QUERIES["misdated_keys"], client_id)
+    }
+
+
 async def stored_usage(conn: asyncpg.Connection, client_id: str) -> Running:
     """The client's whole running state as the tables hold it."""
     return Running(

@@ -87,18 +87,25 @@ SELECT c.conversation_id, c.pbx, c.direction, c.client_number, c.client_number_r
 -- facts, with its ledger keys moved to its start; its segments are removed here and inserted by
 -- `insert_segments` (one statement could not order the two). The attribution is decided again by
 -- the caller.
+-- Every key of the conversation moves, whichever client holds it: a client that had it before
+-- (its key reversed to zero) must find the key at the conversation's start if it gains it back,
+-- or it would post the key's 'charge' row again. The keys are found by their 'charge' rows (one
+-- per key, through charges_one_charge_per_key), then by primary key.
 WITH conversation AS (
     UPDATE talkmeter.conversations
        SET direction = $2, client_number = $3, client_number_raw = $4, line = $5, consultants = $6,
            started_at = $7, answered_at = $8, ended_at = $9, wait_ms = $10, talk_ms = $11, hold_ms = $12,
            estimated = $13, instance = $14
      WHERE conversation_id = $1
-    RETURNING conversation_id, client_id
+    RETURNING conversation_id
 ), keys AS (
     UPDATE talkmeter.current_charges k
        SET started_at = $7
-      FROM conversation c
-     WHERE k.client_id = c.client_id AND k.conversation_id = c.conversation_id
+      FROM talkmeter.charges ch
+     WHERE ch.conversation_id = $1 AND ch.kind = 'charge'
+       AND k.client_id = ch.client_id AND k.conversation_id = ch.conversation_id
+       AND k.contract_id = ch.contract_id
+       AND k.started_at IS DISTINCT FROM $7
 )
 DELETE FROM talkmeter.conversation_segments WHERE conversation_id = $1;
 
@@ -512,6 +519,13 @@ SELECT conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded
        tier_changes::text AS tier_changes, days::text AS days, postings, last_charge_id
   FROM talkmeter.current_charges
  WHERE client_id = $1;
+
+-- name: misdated_keys
+-- The client's keys whose start is not their conversation's (rating reads keys by start).
+SELECT k.conversation_id, k.contract_id, k.started_at, c.started_at AS conversation_started_at
+  FROM talkmeter.current_charges k
+  JOIN talkmeter.conversations c USING (conversation_id)
+ WHERE k.client_id = $1 AND k.started_at <> c.started_at;
 
 -- name: stored_usage_days
 SELECT contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms, conversations, billable_seconds, amount

@@ -336,6 +336,44 @@ def test_contract_end_rerates_and_withdraw_removes_an_unused_contract(
     assert code == 2 and "must look like 2026-11-30" in err
 
 
+def test_contract_end_never_extends_or_reopens_a_contract(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Accountants may end a contract, not change its terms: a later last day than it has is
+    refused, the same one changes nothing."""
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    assert run(capsys, "contract", "end", "K1", "2026-11-25")[0] == 0
+    for later in ("2026-11-26", "2027-12-31"):
+        code, out, err = run(capsys, "contract", "end", "K1", later)
+        assert (code, out) == (2, "") and err.count("\n") == 1
+        assert "already ends on 2026-11-25" in err
+    assert run(capsys, "contract", "end", "K1", "2026-11-25")[0] == 0
+    assert run(capsys, "contract", "end", "K1", "2026-11-24")[0] == 0
+    ends = asyncio.run(query(month_end, "SELECT valid_to FROM talkmeter.contracts WHERE contract_id = 'K1'"))
+    assert [row["valid_to"].isoformat() for row in ends] == ["2026-11-24"]
+
+
+def test_withdraw_refuses_a_contract_an_alert_was_sent_under(
+    month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The alert names the contract (notifications.contract_id): withdrawing it was a foreign-key
+    traceback; it is a refusal on one line, and the contract stays."""
+    asyncio.run(
+        query(
+            month_end,
+            "INSERT INTO talkmeter.notifications (type, client_id, contract_id, match, conversation_id, "
+            "pbx, decided_at, payload) "
+            "VALUES ('call.started', 'C1', 'K0', 'matched', 'e', 'default', now(), '{}')",
+        )
+    )
+    monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
+    code, out, err = run(capsys, "contract", "withdraw", "K0")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "alerts" in err and "end it instead" in err
+    contracts = asyncio.run(query(month_end, "SELECT contract_id FROM talkmeter.client_contracts"))
+    assert sorted(row["contract_id"] for row in contracts) == ["K0", "K1"]
+
+
 def test_check_ledger_from_the_command_line(
     month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -382,3 +420,5 @@ def test_accountants_see_clients_contracts_and_weekly_free_days(month_end: str) 
         ("2026-11-23", 2, 3)
     ]
     assert weeks[0]["free_seconds"] == Decimal("1800.000")
+    # K1 has no weekly limit: no count of days left (0 read as "none left").
+    assert (weeks[0]["free_days_per_week"], weeks[0]["free_days_left"]) == (None, None)

@@ -124,8 +124,9 @@ async def test_rerate_while_daemons_write(db_dsn: str, conn: asyncpg.Connection)
     async with (
         asyncpg.create_pool(db_dsn, min_size=3, max_size=3) as daemon_a,
         asyncpg.create_pool(db_dsn, min_size=3, max_size=3) as daemon_b,
-        asyncpg.create_pool(db_dsn, min_size=1, max_size=1) as accountant,
+        asyncpg.create_pool(db_dsn + "?role=talkmeter_accountant", min_size=1, max_size=1) as accountant,
     ):
+        assert await accountant.fetchval("SELECT current_user") == "talkmeter_accountant"
         await write_all(daemon_a, stranger)
         await store.save_client(
             conn, Client("C1", "Romashka LLC", "Europe/Moscow", ("+74951234567", "+74990000000"))

@@ -179,6 +179,39 @@ async def test_moving_a_number_reverses_and_recharges(pool: asyncpg.Pool, conn: 
     assert (row["client_id"], row["amount"]) == ("C2", Decimal("60.00"))
 
 
+async def test_a_number_changed_in_place_moves_its_conversations(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """An UPDATE of client_numbers.number (not the importer's delete and insert) must queue the
+    old number's conversations too: they no longer belong to the client."""
+    await seed(conn)
+    await conn.execute("DELETE FROM talkmeter.client_numbers WHERE number = $1", SHARED)
+    await rerate(pool)
+    await record_conversation(pool, conversation_dict("x1", "2026-11-24T10:00:00+03:00", (2, 100)))
+    await conn.execute("UPDATE talkmeter.client_numbers SET number = '+74950000001' WHERE number = $1", IVAN)
+    assert [row["client_id"] for row in await conn.fetch("SELECT * FROM talkmeter.pending_rerates")] == ["C1"]
+    await rerate(pool)
+    assert await charges_of(conn, "x1") == []
+    [row] = await conn.fetch("SELECT conversation_id, reason FROM talkmeter.unmatched_conversations")
+    assert tuple(row) == ("x1", "unknown")
+    assert (await rerate(pool, full=True)).postings == 0
+
+
+async def test_quota_now_counts_no_free_days_left_without_a_weekly_limit(conn: asyncpg.Connection) -> None:
+    """GREATEST ignores NULL: a contract without free_days_per_week showed 0 days left, which
+    reads as none left; it shows none (NULL), as weekly_usage and the alerts' payload do."""
+    await seed(conn, valid_from=date(2020, 1, 1))
+    await store.save_contract(
+        conn, contract(contract_id="K2", client_id="C2", valid_from=date(2020, 1, 1), free_daily_minutes=5,
+                       free_days_per_week=2)
+    )  # fmt: skip
+    rows = await conn.fetch(
+        "SELECT contract_id, free_days_per_week, free_days_used, free_days_left FROM talkmeter.quota_now "
+        "ORDER BY contract_id"
+    )
+    assert [tuple(row) for row in rows] == [("K1", None, 0, None), ("K2", 2, 0, 2)]
+
+
 async def test_assignment_of_a_withheld_conversation(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
     await seed(conn)
     await record_conversation(

@@ -29,7 +29,7 @@ from structlog.testing import capture_logs
 from accounting import audit, store
 from accounting.contracts import Client
 from accounting.conversations import Talk, parse_conversation
-from accounting.ledger import record_conversation, rerate
+from accounting.ledger import RetryableStorageError, record_conversation, rerate
 from accounting.rating import rate_contract
 from tests.db import admin, unique_name
 
@@ -234,6 +234,43 @@ async def test_a_version_that_changes_the_client_moves_the_charge(
     await running_state_agrees(conn)
 
 
+async def test_a_superseding_start_moves_the_keys_of_every_client_that_had_the_conversation(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """C1 keeps a key reversed to zero after the number moved to C2; the exact version, a minute
+    later, must move that key too, or C1 gaining the conversation back would post its 'charge'
+    row a second time (the key not found at the conversation's start)."""
+    await seed(conn)
+    await record_conversation(pool, measured("msk:1", "a", (2, 40), estimated=True))
+    await store.save_client(conn, Client("C1", "Romashka LLC", "Europe/Moscow", ()))
+    await store.save_client(conn, Client("C2", "Vasilek JSC", "Europe/Moscow", (OLGA, IVAN)))
+    await rerate(pool)
+    later = measured("msk:1", "b", (2, 40), start="2026-11-24T10:01:00+03:00")
+    assert (await record_conversation(pool, later)).version == "superseded"
+    starts = await conn.fetch(
+        "SELECT DISTINCT k.started_at = c.started_at AS same FROM talkmeter.current_charges k "
+        "JOIN talkmeter.conversations c USING (conversation_id)"
+    )
+    assert [row["same"] for row in starts] == [True]
+    await store.save_client(conn, Client("C2", "Vasilek JSC", "Europe/Moscow", (OLGA,)))
+    await store.save_client(conn, Client("C1", "Romashka LLC", "Europe/Moscow", (IVAN,)))
+    await rerate(pool)
+    assert [(row[0], row[1], row[3]) for row in await ledger(conn)] == [("msk:1", "C1", Decimal("40.000"))]
+    assert (await rerate(pool, full=True)).postings == 0
+    await running_state_agrees(conn)
+
+
+async def test_check_ledger_finds_a_key_whose_start_is_not_its_conversations(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await seed(conn)
+    await record_conversation(pool, measured("msk:1", "a", (2, 40)))
+    await conn.execute("UPDATE talkmeter.current_charges SET started_at = started_at - interval '1 minute'")
+    [mismatch] = await audit.check_client(conn, "C1")
+    assert (mismatch.table, mismatch.key) == ("current_charges", "msk:1/K1")
+    assert "started_at" in str(mismatch)
+
+
 async def test_an_exact_version_starting_the_day_before_moves_the_conversation_to_that_day(
     pool: asyncpg.Pool, conn: asyncpg.Connection
 ) -> None:
@@ -256,6 +293,49 @@ async def test_an_exact_version_starting_the_day_before_moves_the_conversation_t
     [charge] = await conn.fetch("SELECT day, talk_seconds FROM talkmeter.conversation_charges")
     assert (charge["day"], charge["talk_seconds"]) == (date(2026, 11, 23), Decimal("82.000"))
     assert (await rerate(pool)).postings == 0
+    await running_state_agrees(conn)
+
+
+async def test_a_superseding_start_moves_the_conversation_to_its_line_day(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """line_quality counts the conversation on the day (settings.line_timezone, Moscow) it started:
+    the exact version's, not the estimated one's."""
+    await seed(conn)
+    late = measured("msk:1", "a", (0.5, 80), estimated=True, start="2026-11-24T00:00:01+03:00")
+    await record_conversation(pool, late)
+    exact = measured("msk:1", "b", (0.5, 82), start="2026-11-23T23:59:59+03:00")
+    assert (await record_conversation(pool, exact)).version == "superseded"
+    days = await conn.fetch("SELECT day, offered FROM talkmeter.line_quality")
+    assert [tuple(row) for row in days] == [(date(2026, 11, 23), 1)]
+
+
+async def test_supersedes_moving_conversations_both_ways_may_deadlock_and_are_retried(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Superseding takes the old client's lock, then the new one's: two supersedes moving
+    conversations between two clients in opposite directions can wait for each other. PostgreSQL
+    detects it and aborts one; that one is a RetryableStorageError (nothing written) and its
+    retry succeeds. Here the other side is played by a session holding C2 and asking for C1."""
+    await seed(conn)
+    async with asyncpg.create_pool(db_dsn, min_size=1, max_size=1) as daemon:
+        await record_conversation(daemon, measured("msk:1", "a", (2, 40), estimated=True))
+        moving = measured("msk:1", "b", (2, 40), number=OLGA)  # from C1 to C2
+        await conn.execute("SET deadlock_timeout = '10s'")  # so the daemon is the one aborted
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(1952541801, hashtext('C2'))")
+            writing = asyncio.create_task(record_conversation(daemon, moving))
+            waiting = (
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            while await conn.fetchval(waiting) is None:  # noqa: ASYNC110 (polls the server)
+                await asyncio.sleep(0.01)
+            await conn.execute("SELECT pg_advisory_xact_lock(1952541801, hashtext('C1'))")
+            with pytest.raises(RetryableStorageError, match="DeadlockDetectedError"):
+                await writing
+        assert dict(await kept(conn, "msk:1"))["instance"] == "a"
+        assert (await record_conversation(daemon, moving)).version == "superseded"
     await running_state_agrees(conn)
 
 
