@@ -276,7 +276,7 @@ def month_end(database: str, tmp_path: Path) -> str:
 def test_the_accountant_role_runs_the_monthly_report(
     month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 8: `report monthly` failed for the accountant (schema_migrations: permission denied),
+    """Was: `report monthly` failed for the accountant (schema_migrations: permission denied),
     and the statement named neither the client nor the contract."""
     monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
     code, out, err = run(capsys, "report", "monthly", "--month", "2026-11", "--format", "csv")
@@ -309,7 +309,7 @@ def test_the_csv_for_excel_and_1c(
 def test_contract_end_rerates_and_withdraw_removes_an_unused_contract(
     month_end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 8: a contract imported by mistake could neither end nor go away. The accountant ends
+    """Was: a contract imported by mistake could neither end nor go away. The accountant ends
     one (and the conversations after its end are reversed at once) and withdraws one never used."""
     monkeypatch.setenv("TALKMETER_DATABASE_URL", as_accountant(month_end))
     code, out, err = run(capsys, "contract", "end", "K1", "2026-11-25")
@@ -399,7 +399,7 @@ async def accountant_fetch(dsn: str, sql: str) -> list[Any]:
 
 
 def test_accountants_see_clients_contracts_and_weekly_free_days(month_end: str) -> None:
-    """Issue 8: the accountant could read neither clients nor contracts, and the weekly free days
+    """Was: the accountant could read neither clients nor contracts, and the weekly free days
     were shown nowhere."""
     [romashka, *_] = asyncio.run(
         accountant_fetch(month_end, "SELECT * FROM talkmeter.client_contracts ORDER BY contract_id DESC")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.db
 SNAPSHOT = Path(__file__).with_name("expected_schema.txt")
 UPDATE_SNAPSHOT = os.environ.get("TALKMETER_UPDATE_SCHEMA_SNAPSHOT") == "1"
 
-# The accountants' interface as issue 3 names it (the views may add columns after these).
+# The accountants' interface as the README documents it (the views may add columns after these).
 VIEW_COLUMNS = {
     "conversation_charges": [
         "conversation_id",

@@ -151,7 +151,7 @@ async def no_seqscan(conn: asyncpg.Connection) -> None:
 
 
 async def test_a_recording_reads_no_more_as_the_contract_ages(db_dsn: str, conn: asyncpg.Connection) -> None:
-    """Issue 8: recording summed the contract's ledger (prior usage) and walked its conversations
+    """Was: recording summed the contract's ledger (prior usage) and walked its conversations
     from the oldest (the frontier), so it slowed down as the contract aged. Counted with index
     scans forced (a tiny table would be read whole anyway), the rows a recording reads stay the
     same whatever the history before the recorded conversation's week."""
@@ -259,7 +259,7 @@ VIEW_FILTERS = {
 
 @pytest.mark.parametrize("name", sorted(VIEW_FILTERS))
 async def test_view_filters_reach_an_index(conn: asyncpg.Connection, name: str) -> None:
-    """Issue 8: the views summed the whole ledger (client_id computed by an aggregate, the day of
+    """Was: the views summed the whole ledger (client_id computed by an aggregate, the day of
     line_quality an expression), so no filter reached an index. With sequential scans and
     whole-table joins disabled (at this size they are cheaper), a table is still read whole only
     where no index can serve the filter."""
@@ -277,7 +277,7 @@ async def test_view_filters_reach_an_index(conn: asyncpg.Connection, name: str) 
 async def test_rerate_after_a_contract_end_reads_only_what_follows_it(
     pool: asyncpg.Pool, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 8: settle_client loaded the client's whole history to re-rate it. Ending a contract
+    """Was: settle_client loaded the client's whole history to re-rate it. Ending a contract
     changes the days after the new end only, and rerate reads just those."""
     await seed(conn, free_days_per_week=None, prepaid_minutes=None)
     days = [date(2026, 11, 2) + timedelta(days=n) for n in range(20)]
