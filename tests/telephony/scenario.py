@@ -184,10 +184,18 @@ class Pbx:
     def consultant(self, endpoint: str, n: int) -> Chan:
         return self.channel(f"PJSIP/{endpoint}-{n:08x}", "Down", endpoint)
 
-    def local_pair(self, base: str, optimize: bool = True) -> tuple[Chan, Chan]:
-        """A Local channel: `;1` born Down, `;2` born Ring (main/core_local.c, `local_request`)."""
+    def local_pair(self, base: str, optimize: bool = True, caller: Chan | None = None) -> tuple[Chan, Chan]:
+        """A Local channel: `;1` born Down, `;2` born Ring (main/core_local.c, `local_request`).
+
+        `caller`: the channel that dials `;1`. Dialling copies its number to `;2`'s caller id
+        (main/core_unreal.c, `ast_unreal_call_setup`), which Asterisk publishes as a NewCallerid
+        of `;2` in state Ring: a queue or ring group's Local channels carry the client's number
+        (tests/traces/attended_transfer.ami shows it with a consultant's).
+        """
         one = self.channel(f"{base};1", "Down", "<unknown>", "s")
         two = self.channel(f"{base};2", "Ring", "<unknown>", "s")
+        if caller is not None:
+            self.callerid(two, caller.callerid)
         self.emit_raw(
             "LocalBridge",
             **channel_headers(one, "LocalOne", self.shape),

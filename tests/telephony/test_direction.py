@@ -69,7 +69,7 @@ def test_queue_ringall_is_inbound_with_its_did(pbx: Pbx) -> None:
 def test_queue_with_local_members_is_inbound(pbx: Pbx) -> None:
     client = pbx.inbound(CLIENT, DID)
     pbx.answer(client)
-    one, two = pbx.local_pair("Local/101@from-queue-0000001a")
+    one, two = pbx.local_pair("Local/101@from-queue-0000001a", caller=client)
     pbx.dial(client, one)
     phone = pbx.phone("101")
     pbx.dial(two, phone)
@@ -89,7 +89,8 @@ def test_ring_group_through_local_channels_is_inbound(pbx: Pbx) -> None:
     """FreePBX ring groups dial `Local/<ext>@from-internal` for every member at once."""
     client = pbx.inbound(CLIENT, "74950000001")
     members = [
-        pbx.local_pair(f"Local/{ext}@from-internal-0000002{n}") for n, ext in enumerate(("101", "102"))
+        pbx.local_pair(f"Local/{ext}@from-internal-0000002{n}", caller=client)
+        for n, ext in enumerate(("101", "102"))
     ]
     phones = []
     for one, two in members:

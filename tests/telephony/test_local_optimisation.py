@@ -27,7 +27,7 @@ def queue_call_through_a_local_member(pbx: Pbx) -> tuple[Chan, Chan, Chan, Chan,
     """Client bridged with `;1`, 101 bridged with `;2`: talking for 4 s."""
     client = pbx.client_calls()
     pbx.answer(client)
-    one, two = pbx.local_pair("Local/101@agents-00000001")
+    one, two = pbx.local_pair("Local/101@agents-00000001", caller=client)
     agent = pbx.consultant("101", 3)
     pbx.answer(agent, two, one)
     agent_bridge = pbx.bridge()
