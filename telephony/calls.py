@@ -40,7 +40,8 @@ side of a `DialBegin` before anything decided is running the dialplan, so it is 
 conversation that ends undecided was a channel the PBX created and never dialled successfully (a
 call out that failed before `ast_call`): outbound. Channels adopted mid-call (first seen after a
 reconnect) are judged from what the snapshot lists (`ApplicationData: (Outgoing Line)` marks a
-dialled channel) and are estimated anyway.
+dialled channel) and are estimated anyway; so is any channel still undecided when a snapshot lists
+it, such as one first seen in an event that arrived while the lists were being sent.
 
 The model is deterministic: bridge members keep their order of entry and every walk over clients
 is sorted, so effects never depend on hash order (`PYTHONHASHSEED`).
@@ -77,7 +78,8 @@ hung up during the outage: their conversations end at the last moment the model 
 `estimated`. Channels that hung up after the snapshot was taken are not resurrected. A client
 channel first seen in some other event than Newchannel is adopted too, but its conversation stays
 unconfirmed until the channel talks or a snapshot lists it: a stray event alone (a Newstate for a
-channel never seen) ends as an `Anomaly`, not as a phantom conversation in the ledger.
+channel never seen) ends as an `Anomaly`, not as a phantom conversation in the ledger. Its start is
+that event's time until a snapshot lists the channel, whose `Duration` tells when it was created.
 """
 
 from __future__ import annotations
@@ -205,6 +207,7 @@ class _Track:
     cut_off_by: frozenset[str] = frozenset()  # the channels whose move cut the client off
     fallback: Direction = "outbound"  # the direction if no event ever decides it
     first_exten: str = ""  # Exten when the channel was first seen
+    guessed_start: bool = False  # adopted from a stray event: started_at is that event's time
 
 
 class CallTracker:
@@ -570,6 +573,8 @@ class CallTracker:
             self._start_conversation(
                 channel, message, direction, at, True, effects, "inbound", confirmed=False
             )
+            track = self._tracks[channel.uniqueid]
+            track.guessed_start = track.resumed_from is None  # a checkpoint knows the start
         return channel
 
     def _bridge(self, bridge_id: str, message: Message) -> _Bridge:
@@ -630,6 +635,7 @@ class CallTracker:
         channel = self._channels.get(uniqueid)
         track = self._tracks.get(uniqueid)
         if track is not None:
+            self._learn_from_listing(track, item, at)
             self._confirm(track, effects)  # the PBX lists it: a real call
         if channel is None:
             created = at - _duration(item.get("Duration"))
@@ -647,6 +653,19 @@ class CallTracker:
                 bridge = self._bridge(bridge_id, bridges.get(bridge_id, item))
                 bridge.members[uniqueid] = None
                 channel.bridge = bridge_id
+
+    def _learn_from_listing(self, track: _Track, item: Message, at: float) -> None:
+        """What the listing knows better than the events seen so far: when the channel was created
+        (a track adopted from a stray event started at that event), and, while no event decided,
+        whether it was dialled (an event between the login and the end of the listing adopts a
+        channel undecided, with the guess of a call in)."""
+        conversation = track.conversation
+        if track.guessed_start:
+            track.guessed_start = False
+            conversation.started_at = min(conversation.started_at, at - _duration(item.get("Duration")))
+        if conversation.direction is None:
+            track.fallback = _listed_direction(item)
+            self._decide(track, track.fallback, item.get("Exten"))
 
     # ----------------------------------------------------------------- connectivity
 
