@@ -6,6 +6,11 @@ A capture is what `talkmeter replay` audits and what our tests use as ground tru
 dated by the chunk that holds the end of its frame, as the daemon would have dated it live. With no
 sidecar, messages get the last time seen (or 0.0), and the call model reports the missing
 timestamps once.
+
+A capture whose first stamps are not believed (telephony.stamps) holds those events back until the
+first believed stamp, and dates them with it (earlier by the sidecar's receive clock, if any): an
+event fed with no time at all would start a conversation in 1970 and report `no_timestamp` on a PBX
+that stamps its events.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def read_capture(
     """Yield (message, receive time) for every message of a capture, in order.
 
     A `Timestamp` that is not believed (telephony.stamps: the sidecar's receive times are the
-    receive clock) is replaced by the estimate, or removed while the capture has given no time
-    yet, and reported to `on_replaced(message, reason)`.
+    receive clock) is replaced by the estimate, or, while the capture has given no time yet, by the
+    first stamp believed later, and reported to `on_replaced(message, reason)`.
     """
     reader = FrameReader(wanted)
     if timing:
@@ -61,18 +66,42 @@ def read_capture(
         chunks = [(data, 0.0)]
     clock = StreamClock()
     last = 0.0
+    held: list[tuple[Message | Malformed, float, bool]] = []  # (message, wall, its stamp removed)
     for chunk, wall in chunks:
         for framed in reader.feed(chunk):
-            message = framed
+            message, removed = framed, False
             if isinstance(framed, Message) and "Timestamp" in framed.headers:
                 message = _judged(framed, clock, wall if timing else None, on_replaced)
+                removed = "Timestamp" not in message.headers
+            if removed or held:
+                # No stamp believed yet: wait for the first rather than date the event 0.0 (1970).
+                held.append((message, wall, removed))
+                first = message.timestamp if isinstance(message, Message) and not removed else None
+                if first is not None:
+                    yield from _dated(held, first, wall if timing else None)
+                    held.clear()
+                    last = wall if timing else first
+                continue
             if timing:
                 last = wall
             elif isinstance(message, Message) and message.timestamp is not None:
                 last = message.timestamp
             yield message, last
+    for message, wall, _ in held:  # no stamp was ever believed: as in a capture without any
+        yield message, wall if timing else last
     for leftover in reader.flush():
         yield leftover, last
+
+
+def _dated(
+    held: list[tuple[Message | Malformed, float, bool]], first: float, now: float | None
+) -> Iterator[tuple[Message | Malformed, float]]:
+    """The events held before the first believed stamp `first`, stamped with it: earlier by what
+    the receive clock (a sidecar's, `now` being its time at `first`) says passed in between."""
+    for message, wall, removed in held:
+        at = first if now is None else first - max(0.0, now - wall)
+        dated = message.restamped(at) if removed and isinstance(message, Message) else message
+        yield dated, (wall if now is not None else at)
 
 
 def _judged(

@@ -8,6 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from telephony.calls import WANTED_EVENTS, CallTracker
+from telephony.capture import Chunk, read_capture
+from telephony.effects import Anomaly, ConversationEnded
 from telephony.framing import Message
 from telephony.stamps import TOLERANCE, StreamClock, read_stamp
 
@@ -107,3 +110,35 @@ def test_hostile_stamps_never_move_the_stream(gaps: list[float], hostile: list[t
         assert abs(verdict.at - stamp) <= TOLERANCE or (verdict.believed and text != repr(stamp))
         if text == repr(stamp) and n > 0:
             assert verdict.believed and verdict.at == stamp
+
+
+def frame(event: str, stamp: str, **headers: str) -> bytes:
+    lines = [f"Event: {event}", f"Timestamp: {stamp}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+CALL = {"Channel": "PJSIP/trunk-00000001", "Uniqueid": "1.1", "ChannelState": "4"}
+
+
+def call_with_first_stamp(first: str) -> tuple[bytes, bytes]:
+    newchannel = frame("Newchannel", first, **CALL, CallerIDNum="+74951234567", Exten="74950000000")
+    return newchannel, frame("Hangup", repr(T + 5), **CALL)
+
+
+@pytest.mark.parametrize(("timed", "start"), [(False, T + 5), (True, T + 2)], ids=["no-timing", "timing"])
+def test_events_before_the_first_believed_stamp_are_dated_with_it(timed: bool, start: float) -> None:
+    """Was: a first stamp not believed was removed and the event fed with receive time 0.0 (no
+    sidecar): the conversation started in 1970 and `no_timestamp` was reported on a stamped PBX.
+    With a sidecar, the receive clock tells how long before the first believed stamp it came."""
+    first, second = call_with_first_stamp("nan")
+    timing = [Chunk(0, len(first), 100.0), Chunk(len(first), len(second), 103.0)] if timed else None
+    replaced: list[str] = []
+    read = list(read_capture(first + second, timing, WANTED_EVENTS, lambda m, r: replaced.append(r)))
+    messages = [(m, at) for m, at in read if isinstance(m, Message)]
+    assert [m.timestamp for m, _ in messages] == [start, T + 5]
+    tracker = CallTracker()
+    effects = [e for m, at in messages for e in tracker.feed(m, at)]
+    assert not [e for e in effects if isinstance(e, Anomaly)]
+    (ended,) = [e.conversation for e in effects if isinstance(e, ConversationEnded)]
+    assert (ended.started_at, ended.ended_at) == (start, T + 5)
+    assert len(replaced) == 1
