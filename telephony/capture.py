@@ -7,10 +7,15 @@ dated by the chunk that holds the end of its frame, as the daemon would have dat
 sidecar, messages get the last time seen (or 0.0), and the call model reports the missing
 timestamps once.
 
-A capture whose first stamps are not believed (telephony.stamps) holds those events back until the
-first believed stamp, and dates them with it (earlier by the sidecar's receive clock, if any): an
-event fed with no time at all would start a conversation in 1970 and report `no_timestamp` on a PBX
-that stamps its events.
+Some events wait for a later stamp to tell their time (telephony.stamps judges every stamp):
+
+* those before the first believed stamp (the first stamps were not plausible) take it, earlier by
+  the sidecar's receive clock if there is one: an event fed with no time at all would start a
+  conversation in 1970 and report `no_timestamp` on a PBX that stamps its events;
+* without a sidecar, a stamp more than the tolerance ahead of the stream (a quiet night, or one
+  wild stamp) waits, with what follows it, for the next stamp: if that one goes on where the stream
+  was, the jump takes the time the stream had before it and is reported. A wild time fed to the
+  call model would stretch its conversation to it (time never runs backwards in a conversation).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from telephony.framing import FrameReader, Malformed, Message
-from telephony.stamps import StreamClock
+from telephony.stamps import StreamClock, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,54 +59,83 @@ def read_capture(
 
     A `Timestamp` that is not believed (telephony.stamps: the sidecar's receive times are the
     receive clock) is replaced by the estimate, or, while the capture has given no time yet, by the
-    first stamp believed later, and reported to `on_replaced(message, reason)`.
+    first stamp believed later, and reported to `on_replaced(message, reason)`; so is a lone jump
+    ahead that the next stamp undoes.
     """
     reader = FrameReader(wanted)
-    if timing:
-        chunks = [(data[c.offset : c.offset + c.length], c.wall) for c in timing]
-        covered = timing[-1].offset + timing[-1].length
-        if covered < len(data):
-            chunks.append((data[covered:], timing[-1].wall))
-    else:
-        chunks = [(data, 0.0)]
     clock = StreamClock()
     last = 0.0
-    held: list[tuple[Message | Malformed, float, bool]] = []  # (message, wall, its stamp removed)
-    for chunk, wall in chunks:
+    # Events waiting for the stream to tell their time: those before the first believed stamp, or
+    # a jump ahead and what follows it until the next stamp (a quiet night, or one wild stamp).
+    held: list[tuple[Message | Malformed, float, Verdict | None]] = []  # (message, wall, verdict)
+    for chunk, wall in _chunks(data, timing):
         for framed in reader.feed(chunk):
-            message, removed = framed, False
+            message, verdict = framed, None
             if isinstance(framed, Message) and "Timestamp" in framed.headers:
-                message = _judged(framed, clock, wall if timing else None, on_replaced)
-                removed = "Timestamp" not in message.headers
-            if removed or held:
-                # No stamp believed yet: wait for the first rather than date the event 0.0 (1970).
-                held.append((message, wall, removed))
-                first = message.timestamp if isinstance(message, Message) and not removed else None
-                if first is not None:
-                    yield from _dated(held, first, wall if timing else None)
-                    held.clear()
-                    last = wall if timing else first
+                message, verdict = _judged(framed, clock, wall if timing else None, on_replaced)
+            if held and verdict is not None and verdict.believed:
+                for waited, received in _released(held, verdict, wall if timing else None, on_replaced):
+                    last = received if timing else (_time_of(waited) or last)
+                    yield waited, last
+                held.clear()
+            if held or (verdict is not None and (verdict.at is None or verdict.jump)):
+                held.append((message, wall, verdict))
                 continue
             if timing:
                 last = wall
             elif isinstance(message, Message) and message.timestamp is not None:
                 last = message.timestamp
             yield message, last
-    for message, wall, _ in held:  # no stamp was ever believed: as in a capture without any
-        yield message, wall if timing else last
+    for message, wall, _ in held:  # nothing came to tell: as they are
+        last = wall if timing else (_time_of(message) or last)
+        yield message, last
     for leftover in reader.flush():
         yield leftover, last
 
 
-def _dated(
-    held: list[tuple[Message | Malformed, float, bool]], first: float, now: float | None
+def _chunks(data: bytes, timing: list[Chunk] | None) -> list[tuple[bytes, float]]:
+    """The capture as the `recv()` chunks of its sidecar, with their receive times (or one, at 0.0)."""
+    if not timing:
+        return [(data, 0.0)]
+    chunks = [(data[c.offset : c.offset + c.length], c.wall) for c in timing]
+    covered = timing[-1].offset + timing[-1].length
+    if covered < len(data):
+        chunks.append((data[covered:], timing[-1].wall))
+    return chunks
+
+
+def _released(
+    held: list[tuple[Message | Malformed, float, Verdict | None]],
+    verdict: Verdict,
+    now: float | None,
+    on_replaced: Callable[[Message, str], None] | None,
 ) -> Iterator[tuple[Message | Malformed, float]]:
-    """The events held before the first believed stamp `first`, stamped with it: earlier by what
-    the receive clock (a sidecar's, `now` being its time at `first`) says passed in between."""
-    for message, wall, removed in held:
-        at = first if now is None else first - max(0.0, now - wall)
-        dated = message.restamped(at) if removed and isinstance(message, Message) else message
-        yield dated, (wall if now is not None else at)
+    """The held events, dated now that a stamp after them was judged (`verdict`; `now`: the
+    sidecar's receive clock at it, if any).
+
+    Before the first believed stamp, an event whose stamp was removed takes the first believed
+    one, earlier by what the receive clock says passed in between. A jump ahead that the stamp
+    after it undid (`Verdict.replaces_jump`) takes the time the stream had before it, and so do the
+    stamps replaced by an estimate made from it.
+    """
+    first, undone = verdict.at, verdict.replaces_jump
+    assert first is not None
+    for n, (message, wall, judged) in enumerate(held):
+        if not isinstance(message, Message) or judged is None:
+            yield message, wall
+        elif judged.at is None:  # before any believed stamp
+            yield message.restamped(first if now is None else first - max(0.0, now - wall)), wall
+        elif undone is not None and (n == 0 or not judged.believed):
+            if n == 0 and on_replaced is not None:
+                stamp = message.headers["Timestamp"]
+                on_replaced(message, f"Timestamp {stamp[:40]} is ahead of the stamps before and after it")
+            yield message.restamped(undone), wall
+        else:
+            yield message, wall
+
+
+def _time_of(message: Message | Malformed) -> float | None:
+    return message.timestamp if isinstance(message, Message) else None
 
 
 def _judged(
@@ -109,12 +143,12 @@ def _judged(
     clock: StreamClock,
     received: float | None,
     on_replaced: Callable[[Message, str], None] | None,
-) -> Message:
+) -> tuple[Message, Verdict]:
     verdict = clock.judge(message.headers["Timestamp"], received)
     if verdict.reason is None:
-        return message
+        return message, verdict
     if on_replaced is not None:
         on_replaced(message, verdict.reason)
     if verdict.at is None:
-        return Message({key: value for key, value in message.headers.items() if key != "Timestamp"})
-    return message.restamped(verdict.at)
+        return Message({key: value for key, value in message.headers.items() if key != "Timestamp"}), verdict
+    return message.restamped(verdict.at), verdict
