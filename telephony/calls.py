@@ -132,7 +132,6 @@ WANTED_EVENTS: frozenset[str] = frozenset(
 #: bridged calls with consultants, suspect channels and no client before the role audit speaks up
 UNMATCHED_CALLS = 5
 
-_RING = "4"  # AST_STATE_RING: the channel called the PBX and runs (or is about to run) the dialplan
 #: what a dialled channel runs until it is bridged (apps/app_dial.c, main/dial.c, apps/app_queue.c)
 _DIALLED_APPLICATIONS = frozenset({"AppDial", "AppDial2", "AppQueue"})
 _HOLDING_TECHNOLOGIES = frozenset({"holding_bridge"})
@@ -356,7 +355,7 @@ class CallTracker:
             # Born Ring: it called in (chan_pjsip, DAHDI, IAX2). Born Down: wait and see (chan_sip
             # sets Ring next for a call in; a call out is dialled next). The PBX made it: a call
             # that never gets further was one going out.
-            direction: Direction | None = "inbound" if _rings(message) else None
+            direction: Direction | None = "inbound" if rings(message) else None
             self._start_conversation(channel, message, direction, at, False, effects, "outbound")
 
     def on_newstate(self, message: Message, at: float, effects: list[Effect]) -> None:
@@ -365,7 +364,7 @@ class CallTracker:
             return
         self._note_ringing(channel, message)
         track = self._tracks.get(channel.uniqueid)
-        if track is not None and _rings(message):
+        if track is not None and rings(message):
             self._decide(track, "inbound", message.get("Exten"))
         self._mutate([channel.uniqueid], at, effects, lambda: self._set_up(channel, message))
 
@@ -569,7 +568,7 @@ class CallTracker:
             # Its creation was missed: a call in progress is most often a call in. It stays
             # unconfirmed until it talks or a snapshot lists it: a stray event alone (a Newstate for
             # a channel never seen) must not put a phantom conversation in the ledger.
-            direction: Direction | None = "inbound" if _rings(message) else None
+            direction: Direction | None = "inbound" if rings(message) else None
             self._start_conversation(
                 channel, message, direction, at, True, effects, "inbound", confirmed=False
             )
@@ -866,7 +865,7 @@ class CallTracker:
             conversation.line = (exten or None) if direction == "inbound" else None
 
     def _note_ringing(self, channel: _Channel, message: Message) -> None:
-        if _rings(message) and not channel.outside:
+        if rings(message) and not channel.outside:
             channel.outside = message.get("CallerIDNum")
 
     def _end_restored(self, uniqueid: str, effects: list[Effect]) -> None:
@@ -1052,13 +1051,15 @@ def _is_up(message: Message) -> bool:
     return message.get("ChannelStateDesc") == "Up"
 
 
-def _rings(message: Message) -> bool:
-    return message.get("ChannelState") == _RING
+def rings(message: Message) -> bool:
+    """The event's channel is in state Ring (AST_STATE_RING, 4): it called the PBX and runs (or is
+    about to run) the dialplan. The one test of it, for the model and for `talkmeter check`."""
+    return message.get("ChannelState") == "4"
 
 
 def _listed_direction(item: Message) -> Direction:
     """A listed channel's direction: dialled channels run AppDial/AppQueue on an `(Outgoing Line)`."""
-    if _rings(item):
+    if rings(item):
         return "inbound"
     dialled = (
         item.get("ApplicationData") == "(Outgoing Line)" or item.get("Application") in _DIALLED_APPLICATIONS

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from telephony.calls import rings
 from telephony.framing import Message
 from telephony.numbers import normalize
 from telephony.roles import ChannelRoles, Role, suggest_pattern
 
-_RING = "4"
 _SHOWN_NUMBERS = 3
 
 
@@ -71,8 +71,7 @@ class Census:
         elif event == "Rename":
             self.channel(message.get("Newname"))
         else:  # any channel event, or a CoreShowChannel item
-            ringing = message.get("ChannelState") == _RING
-            self.channel(message.get("Channel"), message.get("CallerIDNum") if ringing else "")
+            self.channel(message.get("Channel"), message.get("CallerIDNum") if rings(message) else "")
             if event == "DialBegin":
                 self.channel(message.get("DestChannel"), message.get("DestCallerIDNum"))
 

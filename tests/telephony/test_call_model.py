@@ -1,4 +1,4 @@
-"""Scenarios of the call model that the recorded traces do not cover (DOMAIN.md, edge cases)."""
+"""Scenarios of the call model that the recorded traces do not cover: the edge cases."""
 
 from __future__ import annotations
 
