@@ -508,11 +508,11 @@ class CallTracker:
         near = [channel.uniqueid] if channel.role is Role.CLIENT else self._clients_near([channel.uniqueid])
         for uniqueid in sorted(uid for uid in near if self._talking_with(uid)):
             track = self._tracks[uniqueid]
-            at = self._conversation_time(track, at)
+            since = self._conversation_time(track, at)  # this client's clock, not the one before's
             if track.hold is None:
-                track.hold = _Hold(channel.uniqueid, by, at)
-                effects.append(HoldStarted(at, track.conversation.conversation_id, by))
-                self._update_connectivity(uniqueid, at, effects)
+                track.hold = _Hold(channel.uniqueid, by, since)
+                effects.append(HoldStarted(since, track.conversation.conversation_id, by))
+                self._update_connectivity(uniqueid, since, effects)
 
     def on_unhold(self, message: Message, at: float, effects: list[Effect]) -> None:
         self._release_holds(message.get("Uniqueid"), at, effects)
