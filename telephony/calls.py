@@ -22,11 +22,14 @@ Local channel optimisation is followed as what it is. Asterisk announces it with
 take a half's place) and closes it with `LocalOptimizationEnd`; in between, the source leaves its
 bridge and enters the other one (`SwapUniqueid`), or a whole bridge is merged. While an
 optimisation is under way its participants (both halves, the source, and the members of the
-halves' bridges) count as connected to one another, so the client never appears cut off and the
-talk is continuous by construction, whatever `debounce` is (0 included). Without the two events
-(filtered out, or ordered after the bridge events) the swap alone shows the move: a client cut off
-by a channel leaving its bridge and reconnected by that same channel entering another one with
-`SwapUniqueid` has not stopped talking, however short or long the debounce.
+halves' bridges) count as connected to one another, so when Begin comes before the bridge events
+and End after them the client never appears cut off, whatever `debounce` is (0 included). Without
+the two events (filtered out, or out of order: they travel on the channel topic, the bridge events
+on the bridge topic) the swap alone shows the move: a client cut off by a channel leaving its
+bridge and reconnected by that same channel entering another one with `SwapUniqueid` has not
+stopped talking in its timeline, however short or long the debounce; at debounce 0 the stop was
+already reported live, so a `TalkStopped`/`TalkStarted` pair marks the move. A merge has no such
+mark: out of order, only the debounce covers it (at 0 its timeline splits).
 
 Direction comes from what the PBX did with the client's channel, never from its first state. A
 channel that runs the dialplan itself is a call *in*: Asterisk puts such a channel in state Ring (4)
