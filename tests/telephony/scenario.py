@@ -7,7 +7,8 @@ shape changes was read in Asterisk's own sources (13.38, 16.30, 18.26, 20.20, 22
 
 * every event: `Event`, `Privilege`, then `Timestamp` only with `timestampevents = yes` (off by
   default), then `SystemName` only when `systemname` is set (main/manager.c,
-  `__manager_event_sessions_va`);
+  `__manager_event_sessions_va`), which also prefixes every Uniqueid (`<systemname>-<time>.<n>`,
+  main/channel_internal_api.c);
 * the channel block of Newchannel, Newstate, NewCallerid, Hangup, Hold, Unhold, BridgeEnter/Leave,
   and with a `Dest`/`LocalOne`/`LocalTwo`/`Source` prefix in DialBegin, LocalBridge and
   LocalOptimizationBegin/End: Channel, ChannelState, ChannelStateDesc, CallerIDNum, CallerIDName,
@@ -26,8 +27,11 @@ shape changes was read in Asterisk's own sources (13.38, 16.30, 18.26, 20.20, 22
 * channel names: `PJSIP/<endpoint>-%08x`, `SIP/<peer>-%08x`, `IAX2/<peer>-<callno>`,
   `DAHDI/i<span>/<number>-<hex>` (chan_dahdi.c, `create_channel_name`).
 
-Per version, what differs in the events the call model reads (everything else above is the same
-from 13 to 22, fields in the same order):
+Per version, what differs (everything else above is the same from 13 to 22, fields in the same
+order). None of it is a header the call model reads: the versions are run to show that, not to
+exercise other logic. Likewise, a shape without timestamps is fed each event at its receive time,
+which here is the time it was sent (no delay, no jitter): it shows that the model needs no
+`Timestamp`, not how it copes with a slow link.
 
 | Asterisk | AMI banner | differences |
 | --- | --- | --- |
@@ -125,7 +129,8 @@ class Pbx:
         self, name: str, state: str = "Down", callerid: str = "", exten: str = "s", context: str = "default"
     ) -> Chan:
         number = next(self._ids)
-        prefix = f"{self.system}-" if self.system else ""
+        system = self.system or self.shape.system_name
+        prefix = f"{system}-" if system else ""
         uniqueid = f"{prefix}{self.now:.0f}.{number}"
         chan = Chan(name, uniqueid, state, callerid, exten, context, linkedid=uniqueid)
         self.emit("Newchannel", chan)
