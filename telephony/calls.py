@@ -22,11 +22,14 @@ Local channel optimisation is followed as what it is. Asterisk announces it with
 take a half's place) and closes it with `LocalOptimizationEnd`; in between, the source leaves its
 bridge and enters the other one (`SwapUniqueid`), or a whole bridge is merged. While an
 optimisation is under way its participants (both halves, the source, and the members of the
-halves' bridges) count as connected to one another, so the client never appears cut off and the
-talk is continuous by construction, whatever `debounce` is (0 included). Without the two events
-(filtered out, or ordered after the bridge events) the swap alone shows the move: a client cut off
-by a channel leaving its bridge and reconnected by that same channel entering another one with
-`SwapUniqueid` has not stopped talking, however short or long the debounce.
+halves' bridges) count as connected to one another, so when Begin comes before the bridge events
+and End after them the client never appears cut off, whatever `debounce` is (0 included). Without
+the two events (filtered out, or out of order: they travel on the channel topic, the bridge events
+on the bridge topic) the swap alone shows the move: a client cut off by a channel leaving its
+bridge and reconnected by that same channel entering another one with `SwapUniqueid` has not
+stopped talking in its timeline, however short or long the debounce; at debounce 0 the stop was
+already reported live, so a `TalkStopped`/`TalkStarted` pair marks the move. A merge has no such
+mark: out of order, only the debounce covers it (at 0 its timeline splits).
 
 Direction comes from what the PBX did with the client's channel, never from its first state. A
 channel that runs the dialplan itself is a call *in*: Asterisk puts such a channel in state Ring (4)
@@ -40,7 +43,8 @@ side of a `DialBegin` before anything decided is running the dialplan, so it is 
 conversation that ends undecided was a channel the PBX created and never dialled successfully (a
 call out that failed before `ast_call`): outbound. Channels adopted mid-call (first seen after a
 reconnect) are judged from what the snapshot lists (`ApplicationData: (Outgoing Line)` marks a
-dialled channel) and are estimated anyway.
+dialled channel) and are estimated anyway; so is any channel still undecided when a snapshot lists
+it, such as one first seen in an event that arrived while the lists were being sent.
 
 The model is deterministic: bridge members keep their order of entry and every walk over clients
 is sorted, so effects never depend on hash order (`PYTHONHASHSEED`).
@@ -77,7 +81,8 @@ hung up during the outage: their conversations end at the last moment the model 
 `estimated`. Channels that hung up after the snapshot was taken are not resurrected. A client
 channel first seen in some other event than Newchannel is adopted too, but its conversation stays
 unconfirmed until the channel talks or a snapshot lists it: a stray event alone (a Newstate for a
-channel never seen) ends as an `Anomaly`, not as a phantom conversation in the ledger.
+channel never seen) ends as an `Anomaly`, not as a phantom conversation in the ledger. Its start is
+that event's time until a snapshot lists the channel, whose `Duration` tells when it was created.
 """
 
 from __future__ import annotations
@@ -130,7 +135,6 @@ WANTED_EVENTS: frozenset[str] = frozenset(
 #: bridged calls with consultants, suspect channels and no client before the role audit speaks up
 UNMATCHED_CALLS = 5
 
-_RING = "4"  # AST_STATE_RING: the channel called the PBX and runs (or is about to run) the dialplan
 #: what a dialled channel runs until it is bridged (apps/app_dial.c, main/dial.c, apps/app_queue.c)
 _DIALLED_APPLICATIONS = frozenset({"AppDial", "AppDial2", "AppQueue"})
 _HOLDING_TECHNOLOGIES = frozenset({"holding_bridge"})
@@ -205,6 +209,7 @@ class _Track:
     cut_off_by: frozenset[str] = frozenset()  # the channels whose move cut the client off
     fallback: Direction = "outbound"  # the direction if no event ever decides it
     first_exten: str = ""  # Exten when the channel was first seen
+    guessed_start: bool = False  # adopted from a stray event: started_at is that event's time
 
 
 class CallTracker:
@@ -353,7 +358,7 @@ class CallTracker:
             # Born Ring: it called in (chan_pjsip, DAHDI, IAX2). Born Down: wait and see (chan_sip
             # sets Ring next for a call in; a call out is dialled next). The PBX made it: a call
             # that never gets further was one going out.
-            direction: Direction | None = "inbound" if _rings(message) else None
+            direction: Direction | None = "inbound" if rings(message) else None
             self._start_conversation(channel, message, direction, at, False, effects, "outbound")
 
     def on_newstate(self, message: Message, at: float, effects: list[Effect]) -> None:
@@ -362,7 +367,7 @@ class CallTracker:
             return
         self._note_ringing(channel, message)
         track = self._tracks.get(channel.uniqueid)
-        if track is not None and _rings(message):
+        if track is not None and rings(message):
             self._decide(track, "inbound", message.get("Exten"))
         self._mutate([channel.uniqueid], at, effects, lambda: self._set_up(channel, message))
 
@@ -506,11 +511,11 @@ class CallTracker:
         near = [channel.uniqueid] if channel.role is Role.CLIENT else self._clients_near([channel.uniqueid])
         for uniqueid in sorted(uid for uid in near if self._talking_with(uid)):
             track = self._tracks[uniqueid]
-            at = self._conversation_time(track, at)
+            since = self._conversation_time(track, at)  # this client's clock, not the one before's
             if track.hold is None:
-                track.hold = _Hold(channel.uniqueid, by, at)
-                effects.append(HoldStarted(at, track.conversation.conversation_id, by))
-                self._update_connectivity(uniqueid, at, effects)
+                track.hold = _Hold(channel.uniqueid, by, since)
+                effects.append(HoldStarted(since, track.conversation.conversation_id, by))
+                self._update_connectivity(uniqueid, since, effects)
 
     def on_unhold(self, message: Message, at: float, effects: list[Effect]) -> None:
         self._release_holds(message.get("Uniqueid"), at, effects)
@@ -566,10 +571,12 @@ class CallTracker:
             # Its creation was missed: a call in progress is most often a call in. It stays
             # unconfirmed until it talks or a snapshot lists it: a stray event alone (a Newstate for
             # a channel never seen) must not put a phantom conversation in the ledger.
-            direction: Direction | None = "inbound" if _rings(message) else None
+            direction: Direction | None = "inbound" if rings(message) else None
             self._start_conversation(
                 channel, message, direction, at, True, effects, "inbound", confirmed=False
             )
+            track = self._tracks[channel.uniqueid]
+            track.guessed_start = track.resumed_from is None  # a checkpoint knows the start
         return channel
 
     def _bridge(self, bridge_id: str, message: Message) -> _Bridge:
@@ -630,6 +637,7 @@ class CallTracker:
         channel = self._channels.get(uniqueid)
         track = self._tracks.get(uniqueid)
         if track is not None:
+            self._learn_from_listing(track, item, at)
             self._confirm(track, effects)  # the PBX lists it: a real call
         if channel is None:
             created = at - _duration(item.get("Duration"))
@@ -647,6 +655,19 @@ class CallTracker:
                 bridge = self._bridge(bridge_id, bridges.get(bridge_id, item))
                 bridge.members[uniqueid] = None
                 channel.bridge = bridge_id
+
+    def _learn_from_listing(self, track: _Track, item: Message, at: float) -> None:
+        """What the listing knows better than the events seen so far: when the channel was created
+        (a track adopted from a stray event started at that event), and, while no event decided,
+        whether it was dialled (an event between the login and the end of the listing adopts a
+        channel undecided, with the guess of a call in)."""
+        conversation = track.conversation
+        if track.guessed_start:
+            track.guessed_start = False
+            conversation.started_at = min(conversation.started_at, at - _duration(item.get("Duration")))
+        if conversation.direction is None:
+            track.fallback = _listed_direction(item)
+            self._decide(track, track.fallback, item.get("Exten"))
 
     # ----------------------------------------------------------------- connectivity
 
@@ -847,7 +868,7 @@ class CallTracker:
             conversation.line = (exten or None) if direction == "inbound" else None
 
     def _note_ringing(self, channel: _Channel, message: Message) -> None:
-        if _rings(message) and not channel.outside:
+        if rings(message) and not channel.outside:
             channel.outside = message.get("CallerIDNum")
 
     def _end_restored(self, uniqueid: str, effects: list[Effect]) -> None:
@@ -1033,13 +1054,15 @@ def _is_up(message: Message) -> bool:
     return message.get("ChannelStateDesc") == "Up"
 
 
-def _rings(message: Message) -> bool:
-    return message.get("ChannelState") == _RING
+def rings(message: Message) -> bool:
+    """The event's channel is in state Ring (AST_STATE_RING, 4): it called the PBX and runs (or is
+    about to run) the dialplan. The one test of it, for the model and for `talkmeter check`."""
+    return message.get("ChannelState") == "4"
 
 
 def _listed_direction(item: Message) -> Direction:
     """A listed channel's direction: dialled channels run AppDial/AppQueue on an `(Outgoing Line)`."""
-    if _rings(item):
+    if rings(item):
         return "inbound"
     dialled = (
         item.get("ApplicationData") == "(Outgoing Line)" or item.get("Application") in _DIALLED_APPLICATIONS

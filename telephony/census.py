@@ -11,18 +11,21 @@ The evidence is what a channel carried. A channel that rang in from an outside n
 extension number, which is no valid public number. Endpoints (`PJSIPShowEndpoints`, `SIPpeers`)
 are the configuration itself: each is shown with the role its channels
 (`<driver>/<endpoint>-<counter>`) would get. Channels are grouped by endpoint (`suggest_pattern`),
-so one row stands for every call of a trunk; Local channels are one row (they are wiring).
+so one row stands for every call of a trunk; Local channels are one row (they are wiring). A Local
+channel carries no evidence: its `;2` takes the number of whoever dialled `;1` and rings with it
+(a queue's or ring group's members ring with the client's number), so a Local row never counts
+outside numbers and is never suggested as a trunk.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from telephony.calls import rings
 from telephony.framing import Message
 from telephony.numbers import normalize
 from telephony.roles import ChannelRoles, Role, suggest_pattern
 
-_RING = "4"
 _SHOWN_NUMBERS = 3
 
 
@@ -68,8 +71,7 @@ class Census:
         elif event == "Rename":
             self.channel(message.get("Newname"))
         else:  # any channel event, or a CoreShowChannel item
-            ringing = message.get("ChannelState") == _RING
-            self.channel(message.get("Channel"), message.get("CallerIDNum") if ringing else "")
+            self.channel(message.get("Channel"), message.get("CallerIDNum") if rings(message) else "")
             if event == "DialBegin":
                 self.channel(message.get("DestChannel"), message.get("DestCallerIDNum"))
 
@@ -84,7 +86,7 @@ class Census:
         if name not in self._names:
             self._names.add(name)
             group.seen += 1
-        number = normalize(outside, self.region)
+        number = normalize(outside, self.region) if label != "Local/*" else None
         if number is not None and number not in group.outside and len(group.outside) < _SHOWN_NUMBERS:
             group.outside.append(number)
 
@@ -111,7 +113,7 @@ class Census:
 
     def trunk_suggestions(self) -> list[str]:
         """Patterns for `trunk_channels`: trunks by evidence, else endpoints not named like phones."""
-        found = [group.pattern for group in self.misnamed_trunks() if group.role is not Role.LOCAL]
+        found = [group.pattern for group in self.misnamed_trunks()]
         if not found and not self.has(Role.CLIENT):
             found = [g.pattern for g in self.groups if g.kind == "endpoint" and not g.phone_like]
         return list(dict.fromkeys(found))

@@ -19,7 +19,15 @@ A stamp is believed when it is a finite number within the years 2000 to 2100 (th
   generous because a capture replayed faster than real time (`talkmeter simulate --speed`) runs
   ahead by the silence between two events, up to the tolerance.
 * A capture read from a file keeps its own clock: a stamp ahead of the last one is believed
-  (between two events there may be a quiet night), one far behind it is not.
+  (between two events there may be a quiet night), one far behind it is not, unless the stream
+  shows that the odd one out was the anchor: the stamp right after a jump ahead (more than
+  `TOLERANCE`) that agrees with the stamps before the jump undoes it (the jump was one wild stamp:
+  `Verdict.replaces_jump` gives the time to use for it instead, and `telephony.capture` holds the
+  jumped event back until the next stamp tells), and two stamps in a row that agree with each
+  other but are both far behind the anchor are believed (the anchor was wild, and nothing before
+  it says so: the first stamp of a capture). Two, not more: every stamp rejected meanwhile is
+  dated at the wild anchor, and a true stream never puts two stamps in a row far behind its
+  clock. So one wild stamp, wherever it is, moves the times of no more than the events next to it.
 
 The first plausible stamp of a session is believed whatever it says and anchors the clock: a
 replayed capture is days behind our wall clock, and that is its clock. The link restarts the
@@ -64,6 +72,11 @@ class Verdict:
 
     at: float | None
     reason: str | None = None
+    #: believed, but more than the tolerance ahead of the last (a capture): a quiet night, or a
+    #: wild stamp; the next stamp tells (`replaces_jump`)
+    jump: bool = False
+    #: the stamp judged before this one was a lone jump ahead: the time to use for it instead
+    replaces_jump: float | None = None
 
     @property
     def believed(self) -> bool:
@@ -77,10 +90,12 @@ class StreamClock:
         self.tolerance = tolerance
         self._stamp: float | None = None  # the last stamp believed
         self._since: float | None = None  # the receive clock when it came (None: no receive clock)
+        self._before_jump: float | None = None  # a capture: the stamp believed before a jump ahead
+        self._rejected: float | None = None  # a capture: the stamp just judged far behind
 
     def restart(self) -> None:
         """A new session: the next plausible stamp anchors the clock again."""
-        self._stamp = self._since = None
+        self._stamp = self._since = self._before_jump = self._rejected = None
 
     def estimate(self, received: float | None = None) -> float | None:
         """When an event received at `received` (receive clock; None: unknown) most likely happened."""
@@ -96,10 +111,21 @@ class StreamClock:
         expected = self.estimate(received)
         if value is None:
             return Verdict(expected, f"Timestamp {raw[:40]!r} is not a plausible time")
+        before_jump, rejected = self._before_jump, self._rejected
+        self._before_jump = self._rejected = None  # only the stamp right after tells
         if expected is not None:
             if value < expected - self.tolerance:
+                if received is None and before_jump is not None and value >= before_jump - self.tolerance:
+                    self._stamp = value  # the jump was one wild stamp: the stream goes on
+                    return Verdict(value, replaces_jump=before_jump)
+                if received is None and rejected is not None and value >= rejected - self.tolerance:
+                    self._stamp = value  # two in a row agree, and not with the anchor: it was wild
+                    return Verdict(value)
+                self._rejected = value if received is None else None
                 return Verdict(expected, f"Timestamp {raw[:40]} is {expected - value:.0f} s behind")
             if received is not None and value > expected + self.tolerance:
                 return Verdict(expected, f"Timestamp {raw[:40]} is {value - expected:.0f} s ahead")
+        jump = received is None and expected is not None and value > expected + self.tolerance
+        self._before_jump = expected if jump else None
         self._stamp, self._since = value, received
-        return Verdict(value)
+        return Verdict(value, jump=jump)

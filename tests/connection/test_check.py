@@ -232,6 +232,28 @@ def test_a_capture_of_a_misnamed_trunk(tmp_path: Path, capsys: pytest.CaptureFix
     assert "3 conversations measured while checking, 15.0 s of talk" in capsys.readouterr().out
 
 
+def test_a_queue_with_local_members_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FreePBX queues dial `Local/<ext>@from-queue`, whose `;2` rings with the client's number."""
+    pbx = Pbx()
+    client = pbx.inbound("84951234567")
+    pbx.answer(client)
+    one, two = pbx.local_pair("Local/101@from-queue-0000001a", caller=client)
+    pbx.dial(client, one)
+    phone = pbx.phone("101")
+    pbx.dial(two, phone)
+    pbx.after(3)
+    pbx.answer(phone, two, one)
+    pbx.connect(two, phone)
+    pbx.connect(client, one)
+    pbx.after(6)
+    pbx.hangup(phone, two, one, client)
+    capture = tmp_path / "queue.ami"
+    capture.write_bytes(pbx.capture())
+    assert main(["check", "--trace", str(capture)]) == 0
+    report = capsys.readouterr().out
+    assert "Local/*" in report and "trunk_channels" not in report
+
+
 def test_a_missing_capture_or_secret_is_a_configuration_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,8 @@ shape changes was read in Asterisk's own sources (13.38, 16.30, 18.26, 20.20, 22
 
 * every event: `Event`, `Privilege`, then `Timestamp` only with `timestampevents = yes` (off by
   default), then `SystemName` only when `systemname` is set (main/manager.c,
-  `__manager_event_sessions_va`);
+  `__manager_event_sessions_va`), which also prefixes every Uniqueid (`<systemname>-<time>.<n>`,
+  main/channel_internal_api.c);
 * the channel block of Newchannel, Newstate, NewCallerid, Hangup, Hold, Unhold, BridgeEnter/Leave,
   and with a `Dest`/`LocalOne`/`LocalTwo`/`Source` prefix in DialBegin, LocalBridge and
   LocalOptimizationBegin/End: Channel, ChannelState, ChannelStateDesc, CallerIDNum, CallerIDName,
@@ -26,8 +27,11 @@ shape changes was read in Asterisk's own sources (13.38, 16.30, 18.26, 20.20, 22
 * channel names: `PJSIP/<endpoint>-%08x`, `SIP/<peer>-%08x`, `IAX2/<peer>-<callno>`,
   `DAHDI/i<span>/<number>-<hex>` (chan_dahdi.c, `create_channel_name`).
 
-Per version, what differs in the events the call model reads (everything else above is the same
-from 13 to 22, fields in the same order):
+Per version, what differs (everything else above is the same from 13 to 22, fields in the same
+order). None of it is a header the call model reads: the versions are run to show that, not to
+exercise other logic. Likewise, a shape without timestamps is fed each event at its receive time,
+which here is the time it was sent (no delay, no jitter): it shows that the model needs no
+`Timestamp`, not how it copes with a slow link.
 
 | Asterisk | AMI banner | differences |
 | --- | --- | --- |
@@ -125,7 +129,8 @@ class Pbx:
         self, name: str, state: str = "Down", callerid: str = "", exten: str = "s", context: str = "default"
     ) -> Chan:
         number = next(self._ids)
-        prefix = f"{self.system}-" if self.system else ""
+        system = self.system or self.shape.system_name
+        prefix = f"{system}-" if system else ""
         uniqueid = f"{prefix}{self.now:.0f}.{number}"
         chan = Chan(name, uniqueid, state, callerid, exten, context, linkedid=uniqueid)
         self.emit("Newchannel", chan)
@@ -184,10 +189,18 @@ class Pbx:
     def consultant(self, endpoint: str, n: int) -> Chan:
         return self.channel(f"PJSIP/{endpoint}-{n:08x}", "Down", endpoint)
 
-    def local_pair(self, base: str, optimize: bool = True) -> tuple[Chan, Chan]:
-        """A Local channel: `;1` born Down, `;2` born Ring (main/core_local.c, `local_request`)."""
+    def local_pair(self, base: str, optimize: bool = True, caller: Chan | None = None) -> tuple[Chan, Chan]:
+        """A Local channel: `;1` born Down, `;2` born Ring (main/core_local.c, `local_request`).
+
+        `caller`: the channel that dials `;1`. Dialling copies its number to `;2`'s caller id
+        (main/core_unreal.c, `ast_unreal_call_setup`), which Asterisk publishes as a NewCallerid
+        of `;2` in state Ring: a queue or ring group's Local channels carry the client's number
+        (tests/traces/attended_transfer.ami shows it with a consultant's).
+        """
         one = self.channel(f"{base};1", "Down", "<unknown>", "s")
         two = self.channel(f"{base};2", "Ring", "<unknown>", "s")
+        if caller is not None:
+            self.callerid(two, caller.callerid)
         self.emit_raw(
             "LocalBridge",
             **channel_headers(one, "LocalOne", self.shape),

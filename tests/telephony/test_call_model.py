@@ -1,4 +1,4 @@
-"""Scenarios of the call model that the recorded traces do not cover (DOMAIN.md, edge cases)."""
+"""Scenarios of the call model that the recorded traces do not cover: the edge cases."""
 
 from __future__ import annotations
 
@@ -259,6 +259,32 @@ def test_hold_by_the_client_and_by_the_consultant() -> None:
     ]
     holders = [e.by for e in effects if isinstance(e, HoldStarted)]
     assert holders == [None, "101"]
+
+
+def test_one_hold_for_two_clients_starts_at_each_ones_own_time() -> None:
+    """Was: the hold time clamped for the first client (whose conversation had seen a later event)
+    was used for the next one too, contrary to the per-conversation clamp."""
+    pbx = Pbx()
+    first = pbx.client_calls("+74951110001", n=1)
+    second = pbx.client_calls("+74951110002", n=2)
+    agent = pbx.consultant("101", 3)
+    pbx.answer(first, second, agent)
+    bridge = pbx.bridge()
+    pbx.after(10.5)
+    pbx.enter(bridge, agent, first)
+    pbx.after(-0.5)  # stamped before the events that arrived ahead of it
+    pbx.enter(bridge, second)
+    pbx.after(0.2)
+    pbx.hold(agent)
+    pbx.after(2)
+    pbx.unhold(agent)
+    pbx.after(1)
+    pbx.hangup(agent, first, second)
+    conversations, _ = run(pbx.events)
+    assert {c.client_number: shape(c) for c in conversations} == {
+        "+74951110001": [("101", 1.7, True), ("101", 1.0, False)],  # its time never runs backwards
+        "+74951110002": [("101", 0.2, False), ("101", 2.0, True), ("101", 1.0, False)],
+    }
 
 
 def test_hold_while_waiting_in_the_queue_is_not_counted() -> None:

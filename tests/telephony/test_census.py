@@ -70,13 +70,23 @@ def test_without_any_evidence_endpoints_not_named_like_phones_are_suggested() ->
 
 def test_local_channels_are_one_row_and_dahdi_spans_one_pattern() -> None:
     pbx = Pbx(shape=Shape(18, "DAHDI"))
-    pbx.inbound("84951234567")
-    pbx.inbound("84957654321")
-    pbx.local_pair("Local/101@from-queue-0000001a")
-    pbx.local_pair("Local/102@from-queue-0000001b")
+    first = pbx.inbound("84951234567")
+    second = pbx.inbound("84957654321")
+    pbx.local_pair("Local/101@from-queue-0000001a", caller=first)
+    pbx.local_pair("Local/102@from-queue-0000001b", caller=second)
     census = census_of(pbx)
-    assert [(g.label, g.role, g.seen) for g in census.groups] == [
-        ("DAHDI/i1/*", Role.UNMATCHED, 2),
-        ("Local/*", Role.LOCAL, 4),
+    assert [(g.label, g.role, g.seen, g.outside) for g in census.groups] == [
+        ("DAHDI/i1/*", Role.UNMATCHED, 2, ["+74951234567", "+74957654321"]),
+        ("Local/*", Role.LOCAL, 4, []),
     ]
     assert census.trunk_suggestions() == ["DAHDI/i1/*"]
+
+
+def test_local_channels_carrying_the_clients_number_are_no_misnamed_trunk() -> None:
+    """A queue's Local `;2` rings with the client's number: wiring, not evidence of a trunk."""
+    pbx = Pbx()
+    client = pbx.inbound("84951234567")
+    pbx.local_pair("Local/101@from-queue-0000001a", caller=client)
+    census = census_of(pbx)
+    assert census.has(Role.CLIENT)
+    assert census.misnamed_trunks() == []

@@ -25,7 +25,7 @@ from telephony.calls import CallTracker, Snapshot
 from telephony.effects import ConversationStarted
 from telephony.roles import ChannelRoles
 
-from .scenario import SHAPES, Pbx, Shape
+from .scenario import SHAPES, Pbx, Shape, run
 
 DID = "74950000000"
 CLIENT = "+74951234567"
@@ -69,7 +69,7 @@ def test_queue_ringall_is_inbound_with_its_did(pbx: Pbx) -> None:
 def test_queue_with_local_members_is_inbound(pbx: Pbx) -> None:
     client = pbx.inbound(CLIENT, DID)
     pbx.answer(client)
-    one, two = pbx.local_pair("Local/101@from-queue-0000001a")
+    one, two = pbx.local_pair("Local/101@from-queue-0000001a", caller=client)
     pbx.dial(client, one)
     phone = pbx.phone("101")
     pbx.dial(two, phone)
@@ -89,7 +89,8 @@ def test_ring_group_through_local_channels_is_inbound(pbx: Pbx) -> None:
     """FreePBX ring groups dial `Local/<ext>@from-internal` for every member at once."""
     client = pbx.inbound(CLIENT, "74950000001")
     members = [
-        pbx.local_pair(f"Local/{ext}@from-internal-0000002{n}") for n, ext in enumerate(("101", "102"))
+        pbx.local_pair(f"Local/{ext}@from-internal-0000002{n}", caller=client)
+        for n, ext in enumerate(("101", "102"))
     ]
     phones = []
     for one, two in members:
@@ -376,4 +377,35 @@ def test_a_call_first_seen_in_the_snapshot_is_judged_by_what_it_runs(
     (conversation,) = model.open_conversations
     assert conversation.direction == direction
     assert conversation.line == (DID if direction == "inbound" else None)
+    assert conversation.estimated
+
+
+@pytest.mark.parametrize(
+    ("state", "application", "data", "direction"),
+    [
+        ("Up", "Queue", "support", "inbound"),  # runs the dialplan
+        ("Up", "AppDial", "(Outgoing Line)", "outbound"),  # dialled by Dial
+        ("Up", "AppQueue", "(Outgoing Line)", "outbound"),  # a queue member that is a trunk
+    ],
+)
+def test_a_call_first_seen_in_a_stray_event_is_judged_by_the_snapshot_that_lists_it(
+    state: str, application: str, data: str, direction: str
+) -> None:
+    """Was: an event between the login and the end of the listing (a Hold) adopted the channel
+    undecided; the listing only confirmed it, so a call out ended inbound, line `s`, starting at
+    the stray event instead of the listed `Duration` before the snapshot."""
+    pbx = Pbx(shape=SHAPES[0])
+    chan = pbx.channel(pbx.name("beeline"), state, "84951234567", DID, "from-trunk")
+    created = pbx.now
+    pbx.after(30)
+    stray = len(pbx.events)
+    pbx.hold(chan)
+    item = pbx.snapshot_item(chan, duration="00:00:30", application=application)
+    item.headers["ApplicationData"] = data
+    pbx.after(5)
+    pbx.hangup(chan)
+    snapshots = {1: Snapshot(created + 30, [item])}
+    (conversation,), _ = run(pbx.events[stray:], tracker(pbx.shape), snapshots, pbx.times[stray:])
+    assert (conversation.direction, conversation.line) == (direction, DID if direction == "inbound" else None)
+    assert conversation.started_at - created == pytest.approx(0.0)
     assert conversation.estimated

@@ -1,4 +1,4 @@
-"""Local channel optimisation is one continuous conversation by construction, at any debounce.
+"""Local channel optimisation is one conversation without a gap (a merge out of order: by debounce).
 
 What Asterisk sends, from main/bridge.c (13 to 22): `try_swap_optimize_out` calls the unreal
 channel's `optimization_started` (core_local.c publishes `LocalOptimizationBegin` with `LocalOne*`,
@@ -27,7 +27,7 @@ def queue_call_through_a_local_member(pbx: Pbx) -> tuple[Chan, Chan, Chan, Chan,
     """Client bridged with `;1`, 101 bridged with `;2`: talking for 4 s."""
     client = pbx.client_calls()
     pbx.answer(client)
-    one, two = pbx.local_pair("Local/101@agents-00000001")
+    one, two = pbx.local_pair("Local/101@agents-00000001", caller=client)
     agent = pbx.consultant("101", 3)
     pbx.answer(agent, two, one)
     agent_bridge = pbx.bridge()
@@ -110,6 +110,75 @@ def test_merge_optimisation_between_begin_and_end(debounce: float) -> None:
     (conversation,), effects = run(pbx.events, CallTracker(debounce=debounce))
     assert shape(conversation) == [("101", 10.0, False)]
     assert len([e for e in effects if isinstance(e, TalkStopped)]) == 1
+
+
+def client_swaps_in(pbx: Pbx, client: Chan, one: Chan, two: Chan, agent: Chan, cb: str, ab: str) -> None:
+    """The client is the source: it leaves its bridge and takes `;2`'s place in 101's (no Local events)."""
+    pbx.leave(cb, client)
+    pbx.after(0.000_05)
+    pbx.enter(ab, client, swap=two)
+    pbx.leave(ab, two)
+
+
+def end_before_the_bridge_events(
+    pbx: Pbx, client: Chan, one: Chan, two: Chan, agent: Chan, cb: str, ab: str
+) -> None:
+    pbx.optimize_begin(one, two, source=agent, dest=one)
+    pbx.optimize_end(one, two)  # the channel topic ran ahead of the bridge topic
+    swap(pbx, one, agent, cb, ab)
+
+
+def half_leaves_before_the_source_enters(
+    pbx: Pbx, client: Chan, one: Chan, two: Chan, agent: Chan, cb: str, ab: str
+) -> None:
+    pbx.leave(ab, agent)
+    pbx.after(0.000_05)
+    pbx.leave(cb, one)
+    pbx.enter(cb, agent, swap=one)
+
+
+@pytest.mark.parametrize("debounce", DEBOUNCES)
+@pytest.mark.parametrize(
+    "moves", [client_swaps_in, end_before_the_bridge_events, half_leaves_before_the_source_enters]
+)
+def test_a_swap_out_of_order_is_one_segment_and_live_only_at_debounce_0_a_blip(
+    debounce: float, moves
+) -> None:
+    """The record never splits at a swap; at debounce 0 the live effects may stop and restart at it."""
+    pbx = Pbx()
+    client, one, two, agent, client_bridge, agent_bridge = queue_call_through_a_local_member(pbx)
+    moves(pbx, client, one, two, agent, client_bridge, agent_bridge)
+    finish(pbx, client, agent, one, two)
+    (conversation,), effects = run(pbx.events, CallTracker(debounce=debounce))
+    assert shape(conversation) == [("101", 10.0, False)]
+    stops = [e for e in effects if isinstance(e, TalkStopped)]
+    assert len(stops) == (1 if debounce else 2)
+
+
+@pytest.mark.parametrize(("debounce", "segments"), [(0.0, [4.0, 6.0]), (1.0, [10.0])])
+@pytest.mark.parametrize("begin_late", [True, False], ids=["begin-late", "end-early"])
+def test_a_merge_out_of_order_is_covered_by_the_debounce_only(
+    debounce: float, segments: list[float], begin_late: bool
+) -> None:
+    """Without Begin before and End after its bridge events, a merge is a gap of microseconds."""
+    pbx = Pbx()
+    client, one, two, agent, client_bridge, agent_bridge = queue_call_through_a_local_member(pbx)
+    if not begin_late:
+        pbx.optimize_begin(one, two, source=None, dest=one)
+        pbx.optimize_end(one, two)
+    pbx.leave(agent_bridge, two)
+    pbx.after(0.000_02)
+    pbx.leave(agent_bridge, agent)
+    pbx.after(0.000_02)
+    pbx.enter(client_bridge, agent)
+    if begin_late:
+        pbx.optimize_begin(one, two, source=None, dest=one)
+    pbx.leave(client_bridge, one)
+    if begin_late:
+        pbx.optimize_end(one, two)
+    finish(pbx, client, agent, one, two)
+    conversation = pbx.one(CallTracker(debounce=debounce))
+    assert [round(seconds, 3) for _, seconds, _ in shape(conversation)] == segments
 
 
 @pytest.mark.parametrize("debounce", DEBOUNCES)
