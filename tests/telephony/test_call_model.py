@@ -480,10 +480,10 @@ def test_resync_adopts_calls_in_progress_and_closes_calls_that_ended_unseen() ->
     events = before_outage + pbx.events[resume:]
     conversations, _ = run(events, snapshots={len(before_outage): snapshot})
     ended, adopted = conversations
-    assert (ended.estimated, ended.ended_at) == (True, pytest.approx(lost_at))
+    assert (ended.estimated, ended.ended_at) == (True, pytest.approx(lost_at, abs=0.01))
     assert ended.talk_seconds == pytest.approx(4.0)
     assert adopted.estimated and adopted.client_number == "+74957770000"
-    assert adopted.started_at == pytest.approx(snapshot.at - 10)
+    assert adopted.started_at == pytest.approx(snapshot.at - 10, abs=0.01)
     assert adopted.talk_seconds == pytest.approx(5.0)  # counted from the snapshot, not invented
 
 
@@ -551,7 +551,7 @@ def test_live_effects_come_in_order_and_debounced_stops_need_time_to_pass() -> N
     assert kinds == [ConversationStarted, TalkStarted]
     assert tracker.tick(pbx.now + 0.5) == []
     (stopped,) = tracker.tick(pbx.now + 1.0)
-    assert isinstance(stopped, TalkStopped) and stopped.at == pytest.approx(pbx.now)
+    assert isinstance(stopped, TalkStopped) and stopped.at == pytest.approx(pbx.now, abs=0.01)
 
 
 def restart(pbx: Pbx, down_for: float, events_before: int) -> tuple[CallTracker, list, float]:
@@ -582,7 +582,7 @@ def test_a_daemon_restart_mid_call_loses_no_talk() -> None:
     (conversation,) = conversations
     assert conversation.estimated
     assert shape(conversation) == [("101", 22.0, False)]  # 10 before, 5 down, 7 after
-    assert conversation.started_at == pytest.approx(pbx.events[0].timestamp)
+    assert conversation.started_at == pytest.approx(pbx.events[0].timestamp, abs=0.01)
 
 
 def test_a_call_that_ended_while_the_daemon_was_down_closes_at_the_checkpoint() -> None:
@@ -592,7 +592,7 @@ def test_a_call_that_ended_while_the_daemon_was_down_closes_at_the_checkpoint() 
     new, _, checkpoint_at = restart(pbx, 60, len(pbx.events))
     effects = new.resync(Snapshot(pbx.now, []))
     (ended,) = [e.conversation for e in effects if hasattr(e, "conversation") and e.conversation.ended_at]
-    assert ended.estimated and ended.ended_at == pytest.approx(checkpoint_at)
+    assert ended.estimated and ended.ended_at == pytest.approx(checkpoint_at, abs=0.01)
     assert shape(ended) == [("101", 10.0, False)]
     assert new.open_conversations == []
 
