@@ -586,7 +586,6 @@ class AlertEngine:
             return
         number = call.conversation.client_number
         owners = await self._match(number) if number is not None else []
-        known = len(owners) == 1 and owners[0] in self._clients
         client = await self._client(owners[0]) if len(owners) == 1 else None
         contract = None
         match: Match = "withheld" if number is None else "ambiguous" if len(owners) > 1 else "unknown"
@@ -598,8 +597,11 @@ class AlertEngine:
             call.client_id, call.contract_id = client.client_id, contract.contract_id
             client.calls[conversation_id] = call
             self._board_dirty.add(conversation_id)
-        if client is not None and contract is not None and not known:
-            await self._refresh(client)  # a client already followed is kept current by its checks
+        if client is not None and contract is not None and contract.contract_id not in client.settled:
+            # A contract already followed is kept current by its checks; one not read yet (a
+            # client's first call, a call on another of its contracts, a retry after the read
+            # failed) is read now, before the notice and the plan that rest on it.
+            await self._refresh(client)
         if self.call_start_notices:
             await self._notice(call, match, client, contract, owners if match == "ambiguous" else [])
         call.noticed = True

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from accounting import store as ledger_store
 from accounting.contracts import Client
+from accounting.conversations import parse_conversation
 from accounting.ledger import record_conversation
+from accounting.rating import choose_contract
 from daemon.alerts.engine import AlertStore, ClientQuota
 from daemon.alerts.store import PgStore
 
@@ -42,7 +45,11 @@ class MemoryBackend:
         owners = self.store.numbers.get(conversation["client_number"] or "", [])
         if len(owners) != 1:
             return None, None
-        (contract,) = self.store.clients[owners[0]].contracts
+        quota = self.store.clients[owners[0]]
+        talk = parse_conversation(conversation).talk
+        contract = choose_contract(quota.contracts, talk, ZoneInfo(quota.info.timezone))
+        if contract is None:
+            return owners[0], None
         self.store.record(conversation, contract.contract_id)
         return owners[0], contract.contract_id
 

@@ -6,7 +6,7 @@ recorded by accounting, the settled usage read from its running state)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from accounting.contracts import Contract
 from tests.db import admin, dsn_for, unique_name
 
 from .backends import Backend, MemoryBackend, PostgresBackend
-from .line import MIN, NUMBER, Line, alerts, contract, crossings, iso, quota
+from .line import DID_K1, MIN, NUMBER, Line, alerts, contract, crossings, iso, quota
 from .receivers import HttpReceiver
 
 
@@ -32,11 +32,13 @@ Make = Callable[..., Awaitable[Backend]]
 
 @pytest.fixture(params=["memory", "postgres"])
 async def backend_for(request: pytest.FixtureRequest, template_db: str) -> AsyncIterator[Make]:
-    """`await backend_for(contract, timezone, numbers)`: a store with the client romashka."""
+    """`await backend_for(contracts, timezone, numbers)`: a store with the client romashka."""
     made: list[tuple[asyncpg.Pool, str]] = []
 
     async def make(
-        terms: Contract, timezone: str = "Europe/Moscow", numbers: dict[str, list[str]] | None = None
+        terms: Contract | Sequence[Contract],
+        timezone: str = "Europe/Moscow",
+        numbers: dict[str, list[str]] | None = None,
     ) -> Backend:
         clients = [quota(terms, timezone)]
         owners = {NUMBER: ["romashka"], **(numbers or {})}
@@ -279,3 +281,38 @@ async def test_the_calls_in_progress_are_written_for_quota_now_until_recorded(
         await line.record(line.ended[0])
         await line.engine.flush_board()
         assert await backend.live() == {}
+
+
+async def test_a_call_on_a_second_contract_of_a_followed_client_starts_from_its_own_usage(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    """The client is already followed for its K1 call when a K2 call starts: K2's settled usage
+    (5 minutes this morning) is read then, for the notice and for the timing of its alerts."""
+    k1 = contract(contract_id="K1", free_daily_minutes=10, alert_thresholds=(80,), lines={DID_K1})
+    k2 = contract(contract_id="K2", free_daily_minutes=10, alert_thresholds=(80,))
+    backend = await backend_for([k1, k2])
+    async with Line(backend, webhook) as line:
+        client, agent = line.call(1, "101")  # this morning's call on K2 (the catch-all)
+        await line.play()
+        await line.wait(5 * MIN)
+        line.pbx.hangup(client, agent)
+        await line.play()
+        await line.record(line.ended[0])
+        line.call(2, "102", line=DID_K1)  # a K1 call in progress: the client is followed
+        await line.play()
+        await line.wait(MIN)
+        line.call(3, "103")  # and a K2 call
+        await line.play()
+        second = line.pbx.now
+        await line.wait(4 * MIN)
+    notices = [r.json() for r in webhook.requests if r.json()["type"] == "call.started"]
+    assert [(n["contract"]["id"], n["left"]["free_left_seconds"]) for n in notices] == [
+        ("K2", 600.0),
+        ("K1", 600.0),
+        ("K2", 300.0),
+    ]
+    assert notices[-1]["text"].endswith("free today 5:00 of 10:00 left.")
+    assert [(a["contract"]["id"], *c) for a, c in zip(alerts(webhook), crossings(webhook), strict=True)] == [
+        ("K2", "daily", 80, iso(second + 3 * MIN))
+    ]
+    assert all(0 <= late(alert) < 1.0 for alert in alerts(webhook))
