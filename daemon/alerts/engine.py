@@ -607,6 +607,8 @@ class AlertEngine:
         call.noticed = True
         if client is not None and call.client_id is not None:
             self._plan(client)
+        elif client is not None and not client.calls:
+            self._forget(client)  # nothing to follow: the next call reads its contracts afresh
 
     async def _notice(
         self, call: _Call, match: Match, client: _Client | None, contract: Contract | None, owners: list[str]

@@ -5,13 +5,14 @@ accounting.ledger.record_conversation, which keeps the running usage state the a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from accounting import store as ledger_store
-from accounting.contracts import Client
+from accounting.contracts import Client, Contract
 from accounting.conversations import parse_conversation
 from accounting.ledger import record_conversation
 from accounting.rating import choose_contract
@@ -26,6 +27,10 @@ class Backend(Protocol):
 
     async def record(self, conversation: dict[str, Any]) -> tuple[str | None, str | None]:
         """Record a finished conversation as the writer does: (client, contract) it went to."""
+        ...
+
+    async def add_contract(self, contract: Contract) -> None:
+        """What `talkmeter import` does with a new contract of the client."""
         ...
 
     async def claimed(self) -> list[tuple[str, int, str]]:
@@ -52,6 +57,10 @@ class MemoryBackend:
             return owners[0], None
         self.store.record(conversation, contract.contract_id)
         return owners[0], contract.contract_id
+
+    async def add_contract(self, contract: Contract) -> None:
+        quota = self.store.clients[contract.client_id]
+        self.store.clients[contract.client_id] = replace(quota, contracts=(*quota.contracts, contract))
 
     async def claimed(self) -> list[tuple[str, int, str]]:
         return [(key.kind, key.percent, key.period_start.isoformat()) for key in self.store.keys]
@@ -84,6 +93,10 @@ class PostgresBackend:
     async def record(self, conversation: dict[str, Any]) -> tuple[str | None, str | None]:
         result = await record_conversation(self.pool, conversation)
         return result.client_id, result.contract_id
+
+    async def add_contract(self, contract: Contract) -> None:
+        async with self.pool.acquire() as conn:
+            await ledger_store.save_contract(conn, contract)
 
     async def claimed(self) -> list[tuple[str, int, str]]:
         rows = await self.pool.fetch(

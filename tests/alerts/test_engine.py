@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -316,3 +316,29 @@ async def test_a_call_on_a_second_contract_of_a_followed_client_starts_from_its_
         ("K2", "daily", 80, iso(second + 3 * MIN))
     ]
     assert all(0 <= late(alert) < 1.0 for alert in alerts(webhook))
+
+
+async def test_a_contract_imported_after_a_call_without_one_covers_the_next_call(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    """A client met on a call no contract covers is not kept with its contracts of then."""
+    not_yet = contract(contract_id="K0", free_daily_minutes=10, valid_from=date(2027, 1, 1))
+    backend = await backend_for(not_yet)
+    async with Line(backend, webhook) as line:
+        client, agent = line.call(1)
+        await line.play()
+        await line.wait(MIN)
+        line.pbx.hangup(client, agent)
+        await line.play()
+        await line.record(line.ended[0])
+        await backend.add_contract(contract(free_daily_minutes=10, alert_thresholds=(80,)))
+        line.call(2)
+        await line.play()
+        answered = line.pbx.now
+        await line.wait(9 * MIN)
+    notices = [r.json() for r in webhook.requests if r.json()["type"] == "call.started"]
+    assert [(n["match"], (n["contract"] or {}).get("id")) for n in notices] == [
+        ("no_contract", None),
+        ("matched", "K1"),
+    ]
+    assert crossings(webhook) == [("daily", 80, iso(answered + 8 * MIN))]
