@@ -760,7 +760,10 @@ class AlertEngine:
     # --- the live board (talkmeter.quota_now) ----------------------------------------------------
 
     async def flush_board(self) -> None:
-        """Write the conversations in progress that changed, drop those recorded or gone."""
+        """Write the conversations in progress that changed, drop those recorded or gone. The
+        board is for display only: what the store cannot reach now is written at the next flush;
+        what it refuses (a row whose contract was withdrawn meanwhile) is logged and dropped, and
+        the rows refused with it are written again at their next change."""
         now = self.clock.now()
         gone, self._board_gone = self._board_gone, set()
         dirty, self._board_dirty = self._board_dirty - gone, set()
@@ -771,7 +774,8 @@ class AlertEngine:
             await self.store.put_live(self.pbx, rows)
         except Exception as error:
             if not self._is_transient(error):
-                raise
+                log.warning("alert.live_board_failed", error=repr(error), rows=len(rows), dropped=len(gone))
+                return
             self._board_gone |= gone  # again at the next flush
             self._board_dirty |= dirty
             if not self._board_failing:

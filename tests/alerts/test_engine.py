@@ -12,13 +12,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from accounting.contracts import Contract
+from accounting.ledger import withdraw_contract
 from tests.db import admin, dsn_for, unique_name
 
 from .backends import Backend, MemoryBackend, PostgresBackend
 from .line import DID_K1, MIN, NUMBER, Line, alerts, contract, crossings, iso, quota
-from .receivers import HttpReceiver
+from .receivers import GUARD, HttpReceiver
 
 
 @pytest.fixture
@@ -342,3 +344,61 @@ async def test_a_contract_imported_after_a_call_without_one_covers_the_next_call
         ("matched", "K1"),
     ]
     assert crossings(webhook) == [("daily", 80, iso(answered + 8 * MIN))]
+
+
+async def board_until(board: asyncio.Task[None], done: Callable[[], Awaitable[bool]]) -> None:
+    """Until `done` says so (polled: nothing tells when the board task wrote); fail if the board
+    task stops meanwhile."""
+    async with asyncio.timeout(GUARD):
+        while not await done():
+            if board.done():
+                board.result()
+                raise AssertionError("the board task stopped")
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend_for", ["postgres"], indirect=True)
+async def test_a_live_board_row_the_database_refuses_is_dropped_and_the_board_goes_on(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    """The board is for display only: a contract withdrawn under a call in progress (possible
+    when no notice names it) makes its row a foreign-key violation, which is logged and dropped;
+    the board task lives on."""
+    k1 = contract(contract_id="K1", free_daily_minutes=10, lines={DID_K1})
+    backend = await backend_for([k1, contract(contract_id="K2", free_daily_minutes=10)])
+    assert isinstance(backend, PostgresBackend)
+
+    async def rows() -> list[tuple[int, int, bool]]:
+        return list((await backend.live()).values())
+
+    async def both_written() -> bool:
+        return len(await rows()) == 2
+
+    async def k2_written_again() -> bool:  # with its minute of talk
+        return [talk for talk, _, _ in await rows()] == [MIN * 1000]
+
+    async with Line(backend, webhook) as line:
+        line.engine.call_start_notices = False
+        _, on_k1 = line.call(1, "101", line=DID_K1)
+        _, on_k2 = line.call(2, "102")
+        await line.play()
+        board = asyncio.create_task(line.engine.board_forever(interval=0.01))
+        await board_until(board, both_written)
+        await withdraw_contract(backend.pool, "K1")  # its live row goes with it
+
+        async def refused() -> bool:
+            return any(log["event"] == "alert.live_board_failed" for log in logs)
+
+        with capture_logs() as logs:
+            await line.wait(MIN)
+            line.pbx.hold(on_k1)
+            line.pbx.hold(on_k2)  # both rows change: the batch with K1's is refused
+            await line.play()
+            await board_until(board, refused)
+            line.pbx.unhold(on_k2)
+            await line.play()
+            await board_until(board, k2_written_again)
+        board.cancel()
+        await asyncio.gather(board, return_exceptions=True)
+    (failed,) = [log for log in logs if log["event"] == "alert.live_board_failed"]
+    assert failed["log_level"] == "warning" and "ForeignKeyViolation" in failed["error"]
