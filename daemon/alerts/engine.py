@@ -30,7 +30,8 @@ says which of the conversations in progress are already recorded, so the decisio
 one twice either.
 
 Claimed notifications go to the dispatcher (`daemon.alerts.delivery`), which sends them to each
-sink in a task of its own; every one is also logged (`alert.raised`, `alert.notice`).
+sink in a task of its own; every one is also logged (`alert.raised`, `alert.notice`) and counted
+(the `observer`: the metrics).
 
 Limits: a talk stop is reported by the call model only after its debounce (1 s by default), so a
 crossing that falls in the debounce after a cut-off is alerted as if the talk had gone on. Talk
@@ -631,6 +632,7 @@ class AlertEngine:
         claimed = await self.store.claim_notice(notice, self.dispatcher.sinks_for(notice), self.notify)
         if claimed is not None:
             self.notices += 1
+            self.observer.notice_sent(claimed.match)
             self._send(claimed, "alert.notice")
 
     async def _after_recording(self, client_id: str, hangup: _Hangup) -> None:
@@ -678,6 +680,9 @@ class AlertEngine:
                 client.calls[conversation_id].recorded = True
         for notification in claimed:
             self.raised += 1
+            key, crossed_at = notification.key, notification.crossed_at
+            assert key is not None and crossed_at is not None
+            self.observer.alert_raised(key.kind, notification.decided_at - crossed_at)
             self._send(notification, "alert.raised")
         self._plan(client)
 

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from accounting.contracts import Contract
 from accounting.ledger import withdraw_contract
+from daemon.metrics import Metrics
 from tests.db import admin, dsn_for, unique_name
 
 from .backends import Backend, MemoryBackend, PostgresBackend
@@ -402,3 +403,25 @@ async def test_a_live_board_row_the_database_refuses_is_dropped_and_the_board_go
         await asyncio.gather(board, return_exceptions=True)
     (failed,) = [log for log in logs if log["event"] == "alert.live_board_failed"]
     assert failed["log_level"] == "warning" and "ForeignKeyViolation" in failed["error"]
+
+
+async def test_the_alerts_raised_and_the_notices_sent_are_counted_in_the_metrics(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    backend = await backend_for(contract(free_daily_minutes=10))
+    metrics = Metrics()
+    async with Line(backend, webhook, options={"observer": metrics}) as line:
+        line.call()
+        await line.play()
+        await line.wait(12 * MIN)
+        line.call(2, number="anonymous")
+        await line.play()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert [sample("talkmeter_alerts_raised_total", kind=kind) for kind in ("daily", "overrun")] == [2.0, 1.0]
+    assert sample("talkmeter_alert_delay_seconds_count") == 3.0
+    assert sample("talkmeter_alert_delay_seconds_bucket", le="1.0") == 3.0  # decided as crossed
+    notices = [sample("talkmeter_call_notices_total", match=match) for match in ("matched", "withheld")]
+    assert notices == [1.0, 1.0]
