@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -201,6 +201,9 @@ class EmailSink:
         self.language = language
         self.sender = sender
         self.recipients = list(recipients)
+        # The Message-ID's domain: the sender's (make_msgid's default, socket.getfqdn(), is a DNS
+        # lookup that would block the event loop for every message), else the server's name.
+        self._domain = parseaddr(sender)[1].rpartition("@")[2] or host
         self._options: dict[str, Any] = {
             "hostname": host,
             "port": port,
@@ -219,7 +222,7 @@ class EmailSink:
         message["To"] = ", ".join(self.recipients)
         message["Subject"] = subject(notification, self.language)
         message["Date"] = format_datetime(datetime.fromtimestamp(notification.decided_at, UTC))
-        message["Message-ID"] = make_msgid(f"talkmeter-{notification.notification_id}")
+        message["Message-ID"] = make_msgid(f"talkmeter-{notification.notification_id}", domain=self._domain)
         message.set_content(text(notification, self.language) + "\n")
         return message
 

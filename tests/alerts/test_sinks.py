@@ -164,6 +164,14 @@ async def test_email_plain_one_message_to_every_recipient_in_russian() -> None:
     assert body.startswith("Ромашка: использовано 80% бесплатного времени на сегодня (12:00 из 15:00")
 
 
+@pytest.mark.parametrize("sender", ["talkmeter@example.ru", "Talkmeter <talkmeter@example.ru>"])
+def test_the_message_id_names_the_senders_domain(sender: str) -> None:
+    """Not the host's: make_msgid would ask socket.getfqdn(), a DNS lookup on the event loop."""
+    message = mail_sink(25, sender=sender).message(alert())
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@example.ru>")
+    assert message["From"] == sender
+
+
 @pytest.mark.parametrize("security", ["starttls", "ssl"])
 async def test_email_over_tls_with_login(security: str, tmp_path: Path) -> None:
     ca_file, context = self_signed(tmp_path)
