@@ -295,7 +295,7 @@ def user_event(notification: Notification, language: Language = "ru") -> dict[st
         headers["ClientNumber"] = call.client_number or call.client_number_raw
         headers["ConversationID"] = call.conversation_id
     if s is not None:
-        headers["FreeLeftSeconds"] = s.free_left_ms // 1000
+        headers["FreeLeftSeconds"] = "" if s.free_cap_ms is None else s.free_left_ms // 1000
         week = s.free_days_per_week
         headers["FreeDaysLeft"] = "" if week is None else max(0, week - s.free_days_used)
         headers["PrepaidLeftSeconds"] = "" if s.prepaid_ms is None else s.prepaid_left_ms // 1000
