@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, make_msgid, parseaddr, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,10 +106,27 @@ class WebhookSink:
         except httpx.HTTPError as error:
             raise _transport_failure("webhook", error) from None
         if not response.is_success:
-            raise _http_failure("webhook", response.status_code)
+            failure = _http_failure("webhook", response.status_code)
+            failure.retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise failure
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """An HTTP `Retry-After` (seconds, or a date) as seconds from now; None when absent or unreadable."""
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as every HTTP date is
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class TelegramChat:

@@ -69,6 +69,23 @@ async def test_the_webhook_says_which_failures_are_worth_retrying(status: int, p
     assert failure.value.reason == f"webhook answered HTTP {status}"
 
 
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [(429, "7", 7.0), (503, "120", 120.0), (503, "Wed, 21 Oct 2015 07:28:00 GMT", 0.0), (429, "soon", None),
+     (500, None, None)],
+)  # fmt: skip
+async def test_the_webhook_passes_on_the_receivers_retry_after(
+    status: int, retry_after: str | None, expected: float | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    async with HttpReceiver(lambda request: Reply(status, headers=headers)) as receiver:
+        sink = webhook(receiver.url)
+        with pytest.raises(DeliveryFailed) as failure:
+            await sink.send(alert())
+        await sink.close()
+    assert failure.value.retry_after == expected  # a date gone by: at once
+
+
 async def test_a_silent_or_absent_webhook_fails_within_its_timeout_without_naming_the_url() -> None:
     async with HttpReceiver(lambda request: Reply(hang=True)) as receiver:
         sink = webhook(receiver.url + "/hook?token=url-secret", timeout=0.2)
