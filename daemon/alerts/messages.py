@@ -83,7 +83,8 @@ class Notification:
 
 
 def payload(notification: Notification, language: Language = "en") -> dict[str, Any]:
-    """The JSON object sent to the webhook, NOTIFY talkmeter_alerts and logged (see README)."""
+    """The JSON object sent to the webhook and NOTIFY talkmeter_alerts (see README); the log line
+    has its main fields."""
     n = notification
     return {
         "id": n.notification_id,
