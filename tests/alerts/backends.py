@@ -16,14 +16,20 @@ from accounting.contracts import Client, Contract
 from accounting.conversations import parse_conversation
 from accounting.ledger import record_conversation
 from accounting.rating import choose_contract
+from daemon.alerts.delivery import Journal
 from daemon.alerts.engine import AlertStore, ClientQuota
 from daemon.alerts.store import PgStore
 
 from .memory import MemoryStore
 
 
+class Store(AlertStore, Journal, Protocol):
+    """What the engine and its dispatcher need of one store."""
+
+
 class Backend(Protocol):
-    store: Any  # AlertStore and Journal
+    @property
+    def store(self) -> Store: ...
 
     async def record(self, conversation: dict[str, Any]) -> tuple[str | None, str | None]:
         """Record a finished conversation as the writer does: (client, contract) it went to."""
@@ -72,7 +78,7 @@ class MemoryBackend:
 class PostgresBackend:
     def __init__(self, pool: asyncpg.Pool, language: str = "en", instance: str | None = None) -> None:
         self.pool = pool
-        self.store: AlertStore = PgStore(self._pool, language=language, instance=instance)  # type: ignore[arg-type]
+        self.store: Store = PgStore(self._pool, language=language, instance=instance)  # type: ignore[arg-type]
 
     async def _pool(self) -> asyncpg.Pool:
         return self.pool
