@@ -60,7 +60,6 @@ from accounting.conversations import Interval
 from accounting.rating import Charge, local_date, local_midnight_ms
 
 AlertKind = Literal["daily", "prepaid", "overrun"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("daily", "prepaid", "overrun")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -183,13 +182,6 @@ def plan(
     wake = upcoming_next.at_ms if upcoming_next is not None else (horizon if counting else None)
     assert sweep.standing is not None
     return Plan(crossed, upcoming_next, wake, sweep.standing)
-
-
-def standing(
-    contract: Contract, timezone: str, settled: Settled, live: Iterable[LiveConversation], now_ms: int
-) -> Standing:
-    """What is used and left at `now_ms`, counting the talk of the conversations in progress."""
-    return plan(contract, timezone, settled, live, now_ms).standing
 
 
 def settled_of(charges: Iterable[Charge]) -> Settled:

@@ -124,10 +124,6 @@ class Dispatcher:
             self._idle.clear()
             task.add_done_callback(self._finished)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     async def wait_idle(self) -> None:
         """Until every delivery started so far is sent or given up (tests, benchmarks)."""
         await self._idle.wait()

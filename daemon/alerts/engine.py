@@ -30,7 +30,8 @@ says which of the conversations in progress are already recorded, so the decisio
 one twice either.
 
 Claimed notifications go to the dispatcher (`daemon.alerts.delivery`), which sends them to each
-sink in a task of its own; every one is also logged (`alert.raised`, `alert.notice`).
+sink in a task of its own; every one is also logged (`alert.raised`, `alert.notice`) and counted
+(the `observer`: the metrics).
 
 Limits: a talk stop is reported by the call model only after its debounce (1 s by default), so a
 crossing that falls in the debounce after a cut-off is alerted as if the talk had gone on. Talk
@@ -586,7 +587,6 @@ class AlertEngine:
             return
         number = call.conversation.client_number
         owners = await self._match(number) if number is not None else []
-        known = len(owners) == 1 and owners[0] in self._clients
         client = await self._client(owners[0]) if len(owners) == 1 else None
         contract = None
         match: Match = "withheld" if number is None else "ambiguous" if len(owners) > 1 else "unknown"
@@ -598,13 +598,18 @@ class AlertEngine:
             call.client_id, call.contract_id = client.client_id, contract.contract_id
             client.calls[conversation_id] = call
             self._board_dirty.add(conversation_id)
-        if client is not None and contract is not None and not known:
-            await self._refresh(client)  # a client already followed is kept current by its checks
+        if client is not None and contract is not None and contract.contract_id not in client.settled:
+            # A contract already followed is kept current by its checks; one not read yet (a
+            # client's first call, a call on another of its contracts, a retry after the read
+            # failed) is read now, before the notice and the plan that rest on it.
+            await self._refresh(client)
         if self.call_start_notices:
             await self._notice(call, match, client, contract, owners if match == "ambiguous" else [])
         call.noticed = True
         if client is not None and call.client_id is not None:
             self._plan(client)
+        elif client is not None and not client.calls:
+            self._forget(client)  # nothing to follow: the next call reads its contracts afresh
 
     async def _notice(
         self, call: _Call, match: Match, client: _Client | None, contract: Contract | None, owners: list[str]
@@ -627,6 +632,7 @@ class AlertEngine:
         claimed = await self.store.claim_notice(notice, self.dispatcher.sinks_for(notice), self.notify)
         if claimed is not None:
             self.notices += 1
+            self.observer.notice_sent(claimed.match)
             self._send(claimed, "alert.notice")
 
     async def _after_recording(self, client_id: str, hangup: _Hangup) -> None:
@@ -674,6 +680,9 @@ class AlertEngine:
                 client.calls[conversation_id].recorded = True
         for notification in claimed:
             self.raised += 1
+            key, crossed_at = notification.key, notification.crossed_at
+            assert key is not None and crossed_at is not None
+            self.observer.alert_raised(key.kind, notification.decided_at - crossed_at)
             self._send(notification, "alert.raised")
         self._plan(client)
 
@@ -756,7 +765,10 @@ class AlertEngine:
     # --- the live board (talkmeter.quota_now) ----------------------------------------------------
 
     async def flush_board(self) -> None:
-        """Write the conversations in progress that changed, drop those recorded or gone."""
+        """Write the conversations in progress that changed, drop those recorded or gone. The
+        board is for display only: what the store cannot reach now is written at the next flush;
+        what it refuses (a row whose contract was withdrawn meanwhile) is logged and dropped, and
+        the rows refused with it are written again at their next change."""
         now = self.clock.now()
         gone, self._board_gone = self._board_gone, set()
         dirty, self._board_dirty = self._board_dirty - gone, set()
@@ -767,7 +779,8 @@ class AlertEngine:
             await self.store.put_live(self.pbx, rows)
         except Exception as error:
             if not self._is_transient(error):
-                raise
+                log.warning("alert.live_board_failed", error=repr(error), rows=len(rows), dropped=len(gone))
+                return
             self._board_gone |= gone  # again at the next flush
             self._board_dirty |= dirty
             if not self._board_failing:

@@ -83,7 +83,8 @@ class Notification:
 
 
 def payload(notification: Notification, language: Language = "en") -> dict[str, Any]:
-    """The JSON object sent to the webhook, NOTIFY talkmeter_alerts and logged (see README)."""
+    """The JSON object sent to the webhook and NOTIFY talkmeter_alerts (see README); the log line
+    has its main fields."""
     n = notification
     return {
         "id": n.notification_id,
@@ -149,7 +150,8 @@ def _call(call: CallInfo | None) -> dict[str, Any] | None:
 
 
 def left(standing: Standing) -> dict[str, Any]:
-    """What is used and left, in seconds (three decimals) and days."""
+    """What is used and left, in seconds (three decimals) and days; what is left of an allowance
+    the contract does not have is null (as in `talkmeter.quota_now`)."""
     s = standing
     week_left = None if s.free_days_per_week is None else max(0, s.free_days_per_week - s.free_days_used)
     return {
@@ -157,13 +159,13 @@ def left(standing: Standing) -> dict[str, Any]:
         "counted_today_seconds": _seconds(s.counted_today_ms),
         "free_daily_seconds": _seconds(s.free_cap_ms),
         "free_used_seconds": _seconds(s.free_used_ms),
-        "free_left_seconds": _seconds(s.free_left_ms),
+        "free_left_seconds": None if s.free_cap_ms is None else _seconds(s.free_left_ms),
         "free_days_per_week": s.free_days_per_week,
         "free_days_used": s.free_days_used,
         "free_days_left": week_left,
         "prepaid_seconds": _seconds(s.prepaid_ms),
         "prepaid_used_seconds": _seconds(s.prepaid_used_ms),
-        "prepaid_left_seconds": _seconds(s.prepaid_left_ms),
+        "prepaid_left_seconds": None if s.prepaid_ms is None else _seconds(s.prepaid_left_ms),
         "paid_seconds": _seconds(s.paid_ms),
         "paid_now": s.paid_now,
     }

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,10 +106,27 @@ class WebhookSink:
         except httpx.HTTPError as error:
             raise _transport_failure("webhook", error) from None
         if not response.is_success:
-            raise _http_failure("webhook", response.status_code)
+            failure = _http_failure("webhook", response.status_code)
+            failure.retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise failure
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """An HTTP `Retry-After` (seconds, or a date) as seconds from now; None when absent or unreadable."""
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as every HTTP date is
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class TelegramChat:
@@ -201,6 +219,9 @@ class EmailSink:
         self.language = language
         self.sender = sender
         self.recipients = list(recipients)
+        # The Message-ID's domain: the sender's (make_msgid's default, socket.getfqdn(), is a DNS
+        # lookup that would block the event loop for every message), else the server's name.
+        self._domain = parseaddr(sender)[1].rpartition("@")[2] or host
         self._options: dict[str, Any] = {
             "hostname": host,
             "port": port,
@@ -219,7 +240,7 @@ class EmailSink:
         message["To"] = ", ".join(self.recipients)
         message["Subject"] = subject(notification, self.language)
         message["Date"] = format_datetime(datetime.fromtimestamp(notification.decided_at, UTC))
-        message["Message-ID"] = make_msgid(f"talkmeter-{notification.notification_id}")
+        message["Message-ID"] = make_msgid(f"talkmeter-{notification.notification_id}", domain=self._domain)
         message.set_content(text(notification, self.language) + "\n")
         return message
 
@@ -292,7 +313,7 @@ def user_event(notification: Notification, language: Language = "ru") -> dict[st
         headers["ClientNumber"] = call.client_number or call.client_number_raw
         headers["ConversationID"] = call.conversation_id
     if s is not None:
-        headers["FreeLeftSeconds"] = s.free_left_ms // 1000
+        headers["FreeLeftSeconds"] = "" if s.free_cap_ms is None else s.free_left_ms // 1000
         week = s.free_days_per_week
         headers["FreeDaysLeft"] = "" if week is None else max(0, week - s.free_days_used)
         headers["PrepaidLeftSeconds"] = "" if s.prepaid_ms is None else s.prepaid_left_ms // 1000

@@ -5,24 +5,38 @@ accounting.ledger.record_conversation, which keeps the running usage state the a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from accounting import store as ledger_store
-from accounting.contracts import Client
+from accounting.contracts import Client, Contract
+from accounting.conversations import parse_conversation
 from accounting.ledger import record_conversation
+from accounting.rating import choose_contract
+from daemon.alerts.delivery import Journal
 from daemon.alerts.engine import AlertStore, ClientQuota
 from daemon.alerts.store import PgStore
 
 from .memory import MemoryStore
 
 
+class Store(AlertStore, Journal, Protocol):
+    """What the engine and its dispatcher need of one store."""
+
+
 class Backend(Protocol):
-    store: Any  # AlertStore and Journal
+    @property
+    def store(self) -> Store: ...
 
     async def record(self, conversation: dict[str, Any]) -> tuple[str | None, str | None]:
         """Record a finished conversation as the writer does: (client, contract) it went to."""
+        ...
+
+    async def add_contract(self, contract: Contract) -> None:
+        """What `talkmeter import` does with a new contract of the client."""
         ...
 
     async def claimed(self) -> list[tuple[str, int, str]]:
@@ -42,9 +56,17 @@ class MemoryBackend:
         owners = self.store.numbers.get(conversation["client_number"] or "", [])
         if len(owners) != 1:
             return None, None
-        (contract,) = self.store.clients[owners[0]].contracts
+        quota = self.store.clients[owners[0]]
+        talk = parse_conversation(conversation).talk
+        contract = choose_contract(quota.contracts, talk, ZoneInfo(quota.info.timezone))
+        if contract is None:
+            return owners[0], None
         self.store.record(conversation, contract.contract_id)
         return owners[0], contract.contract_id
+
+    async def add_contract(self, contract: Contract) -> None:
+        quota = self.store.clients[contract.client_id]
+        self.store.clients[contract.client_id] = replace(quota, contracts=(*quota.contracts, contract))
 
     async def claimed(self) -> list[tuple[str, int, str]]:
         return [(key.kind, key.percent, key.period_start.isoformat()) for key in self.store.keys]
@@ -56,7 +78,7 @@ class MemoryBackend:
 class PostgresBackend:
     def __init__(self, pool: asyncpg.Pool, language: str = "en", instance: str | None = None) -> None:
         self.pool = pool
-        self.store: AlertStore = PgStore(self._pool, language=language, instance=instance)  # type: ignore[arg-type]
+        self.store: Store = PgStore(self._pool, language=language, instance=instance)  # type: ignore[arg-type]
 
     async def _pool(self) -> asyncpg.Pool:
         return self.pool
@@ -77,6 +99,10 @@ class PostgresBackend:
     async def record(self, conversation: dict[str, Any]) -> tuple[str | None, str | None]:
         result = await record_conversation(self.pool, conversation)
         return result.client_id, result.contract_id
+
+    async def add_contract(self, contract: Contract) -> None:
+        async with self.pool.acquire() as conn:
+            await ledger_store.save_contract(conn, contract)
 
     async def claimed(self) -> list[tuple[str, int, str]]:
         rows = await self.pool.fetch(

@@ -25,6 +25,7 @@ from .memory import ManualClock
 from .receivers import GUARD, HttpReceiver
 
 NUMBER = "+74951234567"
+DID_K1 = "74950000001"
 MSK_10AM = datetime.fromisoformat("2026-11-24T10:00:00+03:00").timestamp()
 MIN = 60.0
 
@@ -39,11 +40,13 @@ def contract(**rules: Any) -> Contract:
         "alert_thresholds": (80, 100),
     }
     values.update(rules)
+    values["lines"] = frozenset(values.get("lines", ()))
     return Contract(**values)
 
 
-def quota(terms: Contract, timezone: str = "Europe/Moscow") -> ClientQuota:
-    return ClientQuota(ClientInfo("romashka", "Ромашка", timezone), (terms,))
+def quota(terms: Contract | Sequence[Contract], timezone: str = "Europe/Moscow") -> ClientQuota:
+    contracts = (terms,) if isinstance(terms, Contract) else tuple(terms)
+    return ClientQuota(ClientInfo("romashka", "Ромашка", timezone), contracts)
 
 
 @dataclass
@@ -128,8 +131,10 @@ class Line:
         self.engine.recorded(data, client_id, contract_id)
         await self.settle()
 
-    def call(self, n: int = 1, consultant: str = "101", number: str = NUMBER) -> tuple[Chan, Chan]:
-        client = self.pbx.client_calls(number, n=n)
+    def call(
+        self, n: int = 1, consultant: str = "101", number: str = NUMBER, line: str = "74950000000"
+    ) -> tuple[Chan, Chan]:
+        client = self.pbx.client_calls(number, did=line, n=n)
         self.pbx.answer(client)
         agent = self.pbx.consultant(consultant, 10 + n)
         self.pbx.connect(agent, client)

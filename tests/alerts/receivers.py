@@ -39,6 +39,7 @@ class Reply:
     body: Any = field(default_factory=dict)
     hang: bool = False
     """Never answer (a receiver that accepted the connection and went silent)."""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Responder = Callable[[Request], Reply]
@@ -95,6 +96,7 @@ class HttpReceiver:
                     break
                 body = json.dumps(reply.body).encode()
                 head = f"HTTP/1.1 {reply.status} X\r\nContent-Type: application/json\r\n"
+                head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers.items())
                 writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -6,19 +6,22 @@ recorded by accounting, the settled usage read from its running state)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from accounting.contracts import Contract
+from accounting.ledger import withdraw_contract
+from daemon.metrics import Metrics
 from tests.db import admin, dsn_for, unique_name
 
 from .backends import Backend, MemoryBackend, PostgresBackend
-from .line import MIN, NUMBER, Line, alerts, contract, crossings, iso, quota
-from .receivers import HttpReceiver
+from .line import DID_K1, MIN, NUMBER, Line, alerts, contract, crossings, iso, quota
+from .receivers import GUARD, HttpReceiver
 
 
 @pytest.fixture
@@ -32,11 +35,13 @@ Make = Callable[..., Awaitable[Backend]]
 
 @pytest.fixture(params=["memory", "postgres"])
 async def backend_for(request: pytest.FixtureRequest, template_db: str) -> AsyncIterator[Make]:
-    """`await backend_for(contract, timezone, numbers)`: a store with the client romashka."""
+    """`await backend_for(contracts, timezone, numbers)`: a store with the client romashka."""
     made: list[tuple[asyncpg.Pool, str]] = []
 
     async def make(
-        terms: Contract, timezone: str = "Europe/Moscow", numbers: dict[str, list[str]] | None = None
+        terms: Contract | Sequence[Contract],
+        timezone: str = "Europe/Moscow",
+        numbers: dict[str, list[str]] | None = None,
     ) -> Backend:
         clients = [quota(terms, timezone)]
         owners = {NUMBER: ["romashka"], **(numbers or {})}
@@ -279,3 +284,144 @@ async def test_the_calls_in_progress_are_written_for_quota_now_until_recorded(
         await line.record(line.ended[0])
         await line.engine.flush_board()
         assert await backend.live() == {}
+
+
+async def test_a_call_on_a_second_contract_of_a_followed_client_starts_from_its_own_usage(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    """The client is already followed for its K1 call when a K2 call starts: K2's settled usage
+    (5 minutes this morning) is read then, for the notice and for the timing of its alerts."""
+    k1 = contract(contract_id="K1", free_daily_minutes=10, alert_thresholds=(80,), lines={DID_K1})
+    k2 = contract(contract_id="K2", free_daily_minutes=10, alert_thresholds=(80,))
+    backend = await backend_for([k1, k2])
+    async with Line(backend, webhook) as line:
+        client, agent = line.call(1, "101")  # this morning's call on K2 (the catch-all)
+        await line.play()
+        await line.wait(5 * MIN)
+        line.pbx.hangup(client, agent)
+        await line.play()
+        await line.record(line.ended[0])
+        line.call(2, "102", line=DID_K1)  # a K1 call in progress: the client is followed
+        await line.play()
+        await line.wait(MIN)
+        line.call(3, "103")  # and a K2 call
+        await line.play()
+        second = line.pbx.now
+        await line.wait(4 * MIN)
+    notices = [r.json() for r in webhook.requests if r.json()["type"] == "call.started"]
+    assert [(n["contract"]["id"], n["left"]["free_left_seconds"]) for n in notices] == [
+        ("K2", 600.0),
+        ("K1", 600.0),
+        ("K2", 300.0),
+    ]
+    assert notices[-1]["text"].endswith("free today 5:00 of 10:00 left.")
+    assert [(a["contract"]["id"], *c) for a, c in zip(alerts(webhook), crossings(webhook), strict=True)] == [
+        ("K2", "daily", 80, iso(second + 3 * MIN))
+    ]
+    assert all(0 <= late(alert) < 1.0 for alert in alerts(webhook))
+
+
+async def test_a_contract_imported_after_a_call_without_one_covers_the_next_call(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    """A client met on a call no contract covers is not kept with its contracts of then."""
+    not_yet = contract(contract_id="K0", free_daily_minutes=10, valid_from=date(2027, 1, 1))
+    backend = await backend_for(not_yet)
+    async with Line(backend, webhook) as line:
+        client, agent = line.call(1)
+        await line.play()
+        await line.wait(MIN)
+        line.pbx.hangup(client, agent)
+        await line.play()
+        await line.record(line.ended[0])
+        await backend.add_contract(contract(free_daily_minutes=10, alert_thresholds=(80,)))
+        line.call(2)
+        await line.play()
+        answered = line.pbx.now
+        await line.wait(9 * MIN)
+    notices = [r.json() for r in webhook.requests if r.json()["type"] == "call.started"]
+    assert [(n["match"], (n["contract"] or {}).get("id")) for n in notices] == [
+        ("no_contract", None),
+        ("matched", "K1"),
+    ]
+    assert crossings(webhook) == [("daily", 80, iso(answered + 8 * MIN))]
+
+
+async def board_until(board: asyncio.Task[None], done: Callable[[], Awaitable[bool]]) -> None:
+    """Until `done` says so (polled: nothing tells when the board task wrote); fail if the board
+    task stops meanwhile."""
+    async with asyncio.timeout(GUARD):
+        while not await done():
+            if board.done():
+                board.result()
+                raise AssertionError("the board task stopped")
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend_for", ["postgres"], indirect=True)
+async def test_a_live_board_row_the_database_refuses_is_dropped_and_the_board_goes_on(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    """The board is for display only: a contract withdrawn under a call in progress (possible
+    when no notice names it) makes its row a foreign-key violation, which is logged and dropped;
+    the board task lives on."""
+    k1 = contract(contract_id="K1", free_daily_minutes=10, lines={DID_K1})
+    backend = await backend_for([k1, contract(contract_id="K2", free_daily_minutes=10)])
+    assert isinstance(backend, PostgresBackend)
+
+    async def rows() -> list[tuple[int, int, bool]]:
+        return list((await backend.live()).values())
+
+    async def both_written() -> bool:
+        return len(await rows()) == 2
+
+    async def k2_written_again() -> bool:  # with its minute of talk
+        return [talk for talk, _, _ in await rows()] == [MIN * 1000]
+
+    async with Line(backend, webhook) as line:
+        line.engine.call_start_notices = False
+        _, on_k1 = line.call(1, "101", line=DID_K1)
+        _, on_k2 = line.call(2, "102")
+        await line.play()
+        board = asyncio.create_task(line.engine.board_forever(interval=0.01))
+        await board_until(board, both_written)
+        await withdraw_contract(backend.pool, "K1")  # its live row goes with it
+
+        async def refused() -> bool:
+            return any(log["event"] == "alert.live_board_failed" for log in logs)
+
+        with capture_logs() as logs:
+            await line.wait(MIN)
+            line.pbx.hold(on_k1)
+            line.pbx.hold(on_k2)  # both rows change: the batch with K1's is refused
+            await line.play()
+            await board_until(board, refused)
+            line.pbx.unhold(on_k2)
+            await line.play()
+            await board_until(board, k2_written_again)
+        board.cancel()
+        await asyncio.gather(board, return_exceptions=True)
+    (failed,) = [log for log in logs if log["event"] == "alert.live_board_failed"]
+    assert failed["log_level"] == "warning" and "ForeignKeyViolation" in failed["error"]
+
+
+async def test_the_alerts_raised_and_the_notices_sent_are_counted_in_the_metrics(
+    backend_for: Make, webhook: HttpReceiver
+) -> None:
+    backend = await backend_for(contract(free_daily_minutes=10))
+    metrics = Metrics()
+    async with Line(backend, webhook, options={"observer": metrics}) as line:
+        line.call()
+        await line.play()
+        await line.wait(12 * MIN)
+        line.call(2, number="anonymous")
+        await line.play()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert [sample("talkmeter_alerts_raised_total", kind=kind) for kind in ("daily", "overrun")] == [2.0, 1.0]
+    assert sample("talkmeter_alert_delay_seconds_count") == 3.0
+    assert sample("talkmeter_alert_delay_seconds_bucket", le="1.0") == 3.0  # decided as crossed
+    notices = [sample("talkmeter_call_notices_total", match=match) for match in ("matched", "withheld")]
+    assert notices == [1.0, 1.0]

@@ -10,7 +10,7 @@ import pytest
 
 from accounting.quota import AlertKey
 from daemon.alerts.messages import Notification, duration, payload, subject, text
-from daemon.alerts.sinks import sinks_from_settings
+from daemon.alerts.sinks import sinks_from_settings, user_event
 from daemon.cli import main
 from daemon.settings import ConfigError, load_settings
 
@@ -94,6 +94,32 @@ def test_a_withheld_caller() -> None:
 def test_a_client_with_no_allowance_left_is_told_the_time_is_paid() -> None:
     broke = replace(call_started(), standing=replace(STANDING, free_left_ms=0, prepaid_left_ms=0))
     assert text(broke, "en").endswith("prepaid 0:00 of 10:00:00 left; the time is paid.")
+
+
+NO_DAILY = {"free_cap_ms": None, "free_used_ms": 0, "free_left_ms": 0, "free_days_per_week": None}
+NO_PACKAGE = {"prepaid_ms": None, "prepaid_used_ms": 0, "prepaid_left_ms": 0}
+
+
+@pytest.mark.parametrize(
+    ("missing", "fields", "headers"),
+    [
+        (
+            NO_DAILY,
+            ["free_daily_seconds", "free_left_seconds", "free_days_left"],
+            ["FreeLeftSeconds", "FreeDaysLeft"],
+        ),
+        (NO_PACKAGE, ["prepaid_seconds", "prepaid_left_seconds"], ["PrepaidLeftSeconds"]),
+    ],
+)
+def test_an_allowance_the_contract_lacks_is_left_null_not_zero(
+    missing: dict[str, object], fields: list[str], headers: list[str]
+) -> None:
+    """As in talkmeter.quota_now: nothing is left of what the contract never had."""
+    notification = quota("daily", 80, **missing)  # type: ignore[arg-type]
+    left = payload(notification)["left"]
+    assert [left[field] for field in fields] == [None] * len(fields)
+    event = user_event(notification)
+    assert [event[header] for header in headers] == [""] * len(headers)
 
 
 def test_subjects_and_durations() -> None:

@@ -41,6 +41,20 @@ async def seed(dsn: str) -> None:
         await record_conversation(pool, conversation_dict("earlier", "2026-11-26T09:00:00+03:00", (2, 55)))
 
 
+async def until_delivered(dsn: str, count: int) -> None:
+    """Until `count` notifications have no delivery pending: a receiver has a request before the
+    daemon has the answer and writes its row (stopping in between leaves the row pending)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        query = "SELECT count(*) FROM talkmeter.alerts WHERE cardinality(pending_to) = 0"
+        while True:
+            if await conn.fetchval(query) >= count:
+                return
+            await asyncio.sleep(0.05)  # polls the database: nothing tells us when a row is written
+    finally:
+        await conn.close()
+
+
 async def test_the_service_alerts_live_on_every_sink_and_once(db_dsn: str, tmp_path: Path) -> None:
     await seed(db_dsn)
     async with (
@@ -58,6 +72,7 @@ async def test_the_service_alerts_live_on_every_sink_and_once(db_dsn: str, tmp_p
                 while len(sim.user_events) < 3:
                     sim.user_event_received.clear()
                     await sim.user_event_received.wait()
+                await until_delivered(db_dsn, 3)
         finally:
             stop.set()
             async with asyncio.timeout(GUARD):

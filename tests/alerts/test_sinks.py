@@ -69,6 +69,23 @@ async def test_the_webhook_says_which_failures_are_worth_retrying(status: int, p
     assert failure.value.reason == f"webhook answered HTTP {status}"
 
 
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [(429, "7", 7.0), (503, "120", 120.0), (503, "Wed, 21 Oct 2015 07:28:00 GMT", 0.0), (429, "soon", None),
+     (500, None, None)],
+)  # fmt: skip
+async def test_the_webhook_passes_on_the_receivers_retry_after(
+    status: int, retry_after: str | None, expected: float | None
+) -> None:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    async with HttpReceiver(lambda request: Reply(status, headers=headers)) as receiver:
+        sink = webhook(receiver.url)
+        with pytest.raises(DeliveryFailed) as failure:
+            await sink.send(alert())
+        await sink.close()
+    assert failure.value.retry_after == expected  # a date gone by: at once
+
+
 async def test_a_silent_or_absent_webhook_fails_within_its_timeout_without_naming_the_url() -> None:
     async with HttpReceiver(lambda request: Reply(hang=True)) as receiver:
         sink = webhook(receiver.url + "/hook?token=url-secret", timeout=0.2)
@@ -162,6 +179,14 @@ async def test_email_plain_one_message_to_every_recipient_in_russian() -> None:
     assert "talkmeter-17" in message["Message-ID"]
     body = message.get_content()
     assert body.startswith("Ромашка: использовано 80% бесплатного времени на сегодня (12:00 из 15:00")
+
+
+@pytest.mark.parametrize("sender", ["talkmeter@example.ru", "Talkmeter <talkmeter@example.ru>"])
+def test_the_message_id_names_the_senders_domain(sender: str) -> None:
+    """Not the host's: make_msgid would ask socket.getfqdn(), a DNS lookup on the event loop."""
+    message = mail_sink(25, sender=sender).message(alert())
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@example.ru>")
+    assert message["From"] == sender
 
 
 @pytest.mark.parametrize("security", ["starttls", "ssl"])
