@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import bisect
+import zoneinfo
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accounting.contracts import Contract
-from accounting.conversations import Interval, Talk, to_ms
+from accounting.conversations import Interval, Talk, from_ms, to_ms
 from accounting.rating import Charge, PriorUsage, local_date, local_midnight_ms, rate_contract
 
 ZONES = ["Europe/Moscow", "Europe/Berlin", "America/Santiago", "Asia/Kolkata", "UTC"]
@@ -235,3 +237,44 @@ def test_rating_from_prior_usage_equals_rating_everything(
     partial = rate_contract(contract, zone, rerated, PriorUsage(free_by_day, prepaid))
     assert partial == [full[charge.conversation_id] for charge in partial]
     assert {charge.conversation_id for charge in partial} == {t.conversation_id for t in rerated}
+
+
+ALL_ZONES = sorted(zoneinfo.available_timezones())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(ALL_ZONES),
+    st.integers(to_ms(datetime(1990, 1, 1, tzinfo=UTC)), to_ms(datetime(2100, 1, 1, tzinfo=UTC))),
+)
+def test_local_date_is_the_date_astimezone_gives(zone_name: str, moment: int) -> None:
+    """`local_date` reads the zone's offset once per hour (for speed); whatever the zone and the
+    instant, DST changes included, it is the date the clock on the wall shows."""
+    zone = ZoneInfo(zone_name)
+    for ms in (moment, moment - moment % 3_600_000, moment - moment % 3_600_000 - 1):
+        assert local_date(ms, zone) == from_ms(ms).astimezone(zone).date()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ALL_ZONES), st.dates(date(1990, 1, 1), date(2099, 12, 31)))
+def test_a_local_midnight_is_the_first_instant_of_its_day(zone_name: str, day: date) -> None:
+    zone = ZoneInfo(zone_name)
+    midnight = local_midnight_ms(day, zone)
+    assert local_date(midnight, zone) == day
+    assert local_date(midnight - 1, zone) < day
+
+
+@pytest.mark.parametrize(
+    "zone_name, around",
+    [
+        ("Europe/Berlin", "2026-10-25T01:00:00+00:00"),  # on a UTC hour
+        ("America/St_Johns", "2026-03-08T05:30:00+00:00"),  # half past: the hour's offset changes
+        ("Australia/Lord_Howe", "2026-04-05T15:00:00+00:00"),  # a 30-minute DST
+        ("Asia/Beirut", "2026-10-24T21:00:00+00:00"),  # back from 00:00 to 23:00: dates go backwards
+    ],
+)
+def test_local_date_minute_by_minute_across_a_dst_change(zone_name: str, around: str) -> None:
+    zone = ZoneInfo(zone_name)
+    middle = to_ms(datetime.fromisoformat(around))
+    for ms in range(middle - 86_400_000, middle + 86_400_000, 60_000):
+        assert local_date(ms, zone) == from_ms(ms).astimezone(zone).date(), from_ms(ms)
