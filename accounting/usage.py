@@ -138,19 +138,40 @@ def contribution(contract_id: str, value: LedgerState) -> dict[DayKey, Usage]:
     return rows
 
 
+def _add_contribution(
+    sums: dict[DayKey, list[int | Decimal]], contract_id: str, value: LedgerState, sign: int
+) -> None:
+    """Add `contribution(contract_id, value)` times `sign` to `sums` (see `plan_usage`)."""
+    for day, (talk, free, prepaid, paid) in value.days.items():
+        row = sums.get((contract_id, day))
+        if row is None:
+            sums[(contract_id, day)] = [sign * talk, sign * free, sign * prepaid, sign * paid, 0, 0, ZERO]
+        else:
+            row[0] += sign * talk
+            row[1] += sign * free
+            row[2] += sign * prepaid
+            row[3] += sign * paid
+    conversations = 1 if value.talk_ms != 0 else 0
+    if conversations or value.billable_seconds or value.amount:
+        row = sums.setdefault((contract_id, value.day), [0, 0, 0, 0, 0, 0, ZERO])
+        row[4] += sign * conversations
+        row[5] += sign * value.billable_seconds
+        row[6] += sign * value.amount
+
+
 def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -> Running:
     """The changes to add to the running state when keys move from their value before to after.
 
     `days_before` must hold the running state of every day the changes touch (a missing day has
     no row yet); the week counts are derived from it."""
-    days: dict[DayKey, Usage] = defaultdict(Usage)
+    # Summed in plain lists (talk, free, prepaid, paid, conversations, billable, amount): a
+    # whole-history rerate changes thousands of keys, and dataclass arithmetic was most of its cost.
+    sums: dict[DayKey, list[int | Decimal]] = {}
     for contract_id, before, after in changes:
-        for key, usage in contribution(contract_id, after).items():
-            days[key] += usage
+        _add_contribution(sums, contract_id, after, 1)
         if before is not None:
-            for key, usage in contribution(contract_id, before).items():
-                days[key] -= usage
-    changed = {key: usage for key, usage in days.items() if not usage.is_zero()}
+            _add_contribution(sums, contract_id, before, -1)
+    changed = {key: Usage(*values) for key, values in sums.items() if any(values)}  # type: ignore[arg-type]
     weeks: dict[DayKey, Week] = defaultdict(Week)
     totals: dict[str, Usage] = defaultdict(Usage)
     months: dict[DayKey, Usage] = defaultdict(Usage)
