@@ -143,25 +143,53 @@ def rate_client(
 ) -> ClientRating:
     """Rate a client's conversations; with `only`, just the conversations of those contracts;
     `prior` gives, per contract, what earlier conversations not in `talks` consumed."""
-    zone = ZoneInfo(timezone)
-    contract_list = list(contracts)
-    groups: dict[str, list[Talk]] = defaultdict(list)
-    uncovered: list[str] = []
-    for talk in sorted(talks, key=_rank):
-        if talk.talk_ms == 0:
-            continue
-        contract = choose_contract(contract_list, talk, zone)
-        if contract is None:
-            uncovered.append(talk.conversation_id)
-        else:
-            groups[contract.contract_id].append(talk)
-    by_id = {contract.contract_id: contract for contract in contract_list}
-    charges: list[Charge] = []
-    for contract_id in sorted(groups):
-        if only is None or contract_id in only:
-            usage = (prior or {}).get(contract_id)
-            charges.extend(rate_contract(by_id[contract_id], timezone, groups[contract_id], usage))
-    return ClientRating(tuple(charges), tuple(uncovered))
+    return ClientRater(contracts, timezone, only, prior).rate(talks)
+
+
+class ClientRater:
+    """Rates a client's conversations in consecutive batches, carrying what each batch consumed
+    of the allowances into the next: rating batch after batch gives what rating them all at once
+    gives, as long as every conversation of a batch started after every conversation of the
+    batches before it ended (the ledger's frontiers guarantee that). A whole-history rerate rates
+    window after window this way without reading the running state back between them."""
+
+    def __init__(
+        self,
+        contracts: Iterable[Contract],
+        timezone: str,
+        only: frozenset[str] | None = None,
+        prior: Mapping[str, PriorUsage] | None = None,
+    ) -> None:
+        self.zone = ZoneInfo(timezone)
+        self.contracts = list(contracts)
+        self.only = only
+        self.prior = prior or {}
+        self.pools: dict[str, _Pools] = {}
+
+    def rate(self, talks: Iterable[Talk]) -> ClientRating:
+        """The next batch's charges (see the class comment for what a batch must be)."""
+        groups: dict[str, list[Talk]] = defaultdict(list)
+        uncovered: list[str] = []
+        for talk in sorted(talks, key=_rank):
+            if talk.talk_ms == 0:
+                continue
+            contract = choose_contract(self.contracts, talk, self.zone)
+            if contract is None:
+                uncovered.append(talk.conversation_id)
+            else:
+                groups[contract.contract_id].append(talk)
+        by_id = {contract.contract_id: contract for contract in self.contracts}
+        charges: list[Charge] = []
+        for contract_id in sorted(groups):
+            if self.only is None or contract_id in self.only:
+                contract = by_id[contract_id]
+                pools = self.pools.get(contract_id)
+                if pools is None:
+                    pools = self.pools[contract_id] = _Pools(
+                        contract, self.prior.get(contract_id) or PriorUsage()
+                    )
+                charges.extend(_rate_sorted(contract, self.zone, groups[contract_id], pools))
+        return ClientRating(tuple(charges), tuple(uncovered))
 
 
 def choose_contract(contracts: Sequence[Contract], talk: Talk, zone: ZoneInfo) -> Contract | None:
@@ -177,11 +205,15 @@ def rate_contract(
     contract: Contract, timezone: str, talks: Iterable[Talk], prior: PriorUsage | None = None
 ) -> list[Charge]:
     """One charge per conversation, all rated together under `contract`, after `prior`."""
-    zone = ZoneInfo(timezone)
-    ordered = sorted(talks, key=_rank)
+    return _rate_sorted(
+        contract, ZoneInfo(timezone), sorted(talks, key=_rank), _Pools(contract, prior or PriorUsage())
+    )
+
+
+def _rate_sorted(contract: Contract, zone: ZoneInfo, ordered: list[Talk], pools: _Pools) -> list[Charge]:
+    """Rate conversations in rank order, drawing from (and using up) `pools`."""
     counted = [_counted_intervals(contract, talk) for talk in ordered]
     meters = [_Meter() for _ in ordered]
-    pools = _Pools(contract, prior or PriorUsage())
     for start, end, active in _stretches([intervals for intervals, _ in counted], zone):
         pools.draw(local_date(start, zone), start, end - start, [meters[index] for index in active])
     return [

@@ -7,6 +7,7 @@ import zoneinfo
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,7 +17,15 @@ from hypothesis import strategies as st
 
 from accounting.contracts import Contract
 from accounting.conversations import Interval, Talk, from_ms, to_ms
-from accounting.rating import Charge, PriorUsage, local_date, local_midnight_ms, rate_contract
+from accounting.rating import (
+    Charge,
+    ClientRater,
+    PriorUsage,
+    local_date,
+    local_midnight_ms,
+    rate_client,
+    rate_contract,
+)
 
 ZONES = ["Europe/Moscow", "Europe/Berlin", "America/Santiago", "Asia/Kolkata", "UTC"]
 # Around the Berlin autumn DST change and the Santiago spring one, and an ordinary week.
@@ -278,3 +287,35 @@ def test_local_date_minute_by_minute_across_a_dst_change(zone_name: str, around:
     middle = to_ms(datetime.fromisoformat(around))
     for ms in range(middle - 86_400_000, middle + 86_400_000, 60_000):
         assert local_date(ms, zone) == from_ms(ms).astimezone(zone).date(), from_ms(ms)
+
+
+@settings(max_examples=200, deadline=None)
+@given(contracts(), talks(max_count=10, span_ms=3 * 86_400_000), st.sampled_from(ZONES), st.data())
+def test_rating_in_batches_cut_at_frontiers_equals_rating_everything(
+    contract: Contract, conversations: list[Talk], zone: str, data: st.DataObject
+) -> None:
+    """What `rerate` does with a long history: rate window after window, carrying the allowances
+    in memory. Cut only where no conversation straddles (every earlier one has ended)."""
+    whole = rate_client([contract], zone, conversations)
+
+    def end(talk: Talk) -> int:
+        return max([talk.started_ms] + [interval.end_ms for interval in talk.intervals])
+
+    ordered = sorted(conversations, key=lambda t: (t.started_ms, t.conversation_id))
+    cuts = [
+        index
+        for index in range(1, len(ordered))
+        if ordered[index].started_ms > max(end(t) for t in ordered[:index])
+    ]
+    chosen = sorted(data.draw(st.sets(st.sampled_from(cuts))) if cuts else set())
+    rater = ClientRater([contract], zone)
+    charges: list[Charge] = []
+    uncovered: list[str] = []
+    for first, last in pairwise([0, *chosen, len(ordered)]):
+        batch = rater.rate(ordered[first:last])
+        charges += batch.charges
+        uncovered += batch.uncovered
+    assert sorted(charges, key=lambda c: c.conversation_id) == sorted(
+        whole.charges, key=lambda c: c.conversation_id
+    )
+    assert sorted(uncovered) == sorted(whole.uncovered)
