@@ -37,8 +37,11 @@ rating may differ (`pending_rerates`). `rerate` takes each queued client in one 
 its lock: it re-attributes the client's conversations from that moment (a conversation another
 client now owns is released, and that client queued), then re-rates all its contracts from the
 frontier of that moment on, in windows of about WINDOW conversations that end where no
-conversation straddles, each rated from the running state the previous window left. It reads the affected
-range only and holds one window in memory. `rerate --full` queues every client from its first
+conversation straddles. The first window is rated from the running state, like a recording; the
+rater then carries the allowances from window to window in memory (`rating.ClientRater`), so the
+next window is read and rated, in a thread, while the rows of the last one are written: rating is
+Python and writing is PostgreSQL, and the two overlap on two cores. It reads the affected range
+only and holds two windows in memory. `rerate --full` queues every client from its first
 conversation. Recordings of a client wait while it is re-rated.
 
 Several instances may record the same conversation (the standby set-up, see `versions`): each
@@ -77,10 +80,17 @@ import structlog
 from accounting import store
 from accounting.contracts import Client, Contract
 from accounting.conversations import FinishedConversation, Talk, from_ms, parse_conversation, to_ms
-from accounting.postings import plan_postings
+from accounting.postings import Key, LedgerState, Posting, plan_postings
 from accounting.queries import QUERIES
-from accounting.rating import Charge, choose_contract, local_date, local_midnight_ms, rate_client
-from accounting.usage import Usage, plan_usage, prior_usage
+from accounting.rating import (
+    Charge,
+    ClientRater,
+    ClientRating,
+    choose_contract,
+    local_date,
+    local_midnight_ms,
+)
+from accounting.usage import DayKey, Usage, plan_usage, prior_usage
 from accounting.versions import SET_ASIDE, Outcome, decide, differences
 
 log = structlog.get_logger("talkmeter.accounting")
@@ -263,6 +273,55 @@ async def _settle(
     """Make the ledger of the `rated` contracts, for the conversations started in [front, cut),
     equal the rating of `talks` (the client's conversations started then), `front` being a
     frontier and `cut` one too (or None: up to now)."""
+    opened = await _open(conn, client, contracts, rated, front, cut)
+    plan = _plan(opened.rater, talks, opened.current, cut)
+    postings = await _apply(conn, client.client_id, opened.ids, plan, opened.days, reason)
+    return Settlement(plan.charges, postings, plan.rating.uncovered)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """What settling from a frontier starts from: the rater, charged with what the conversations
+    before the frontier consumed, the keys from the frontier on, and the running days read."""
+
+    ids: list[str]
+    rater: ClientRater
+    current: dict[Key, store.Current]
+    days: _Days
+
+
+@dataclass(frozen=True, slots=True)
+class _Days:
+    """Running days of the rated contracts as they are now, read from `first` to `last` (None:
+    to the last there is)."""
+
+    rows: dict[DayKey, Usage]
+    first: date
+    last: date | None
+
+    def cover(self, touched: list[date]) -> bool:
+        return min(touched) >= self.first and (self.last is None or max(touched) <= self.last)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    rating: ClientRating
+    posted: dict[Key, LedgerState]
+    postings: list[Posting]
+
+    @property
+    def charges(self) -> dict[str, Charge]:
+        return {charge.conversation_id: charge for charge in self.rating.charges}
+
+
+async def _open(
+    conn: asyncpg.Connection,
+    client: Client,
+    contracts: list[Contract],
+    rated: Sequence[Contract],
+    front: datetime,
+    cut: datetime | None,
+) -> _Opened:
     zone = ZoneInfo(client.timezone)
     ids = [contract.contract_id for contract in rated]
     day = local_date(to_ms(front), zone)
@@ -286,10 +345,29 @@ async def _settle(
         )
         for contract_id in ids
     }
-    rating = rate_client(contracts, client.timezone, talks, frozenset(ids), prior)
+    rater = ClientRater(contracts, client.timezone, frozenset(ids), prior)
+    return _Opened(ids, rater, current, _Days(days, day - timedelta(days=7), last_day))
+
+
+def _plan(
+    rater: ClientRater, talks: list[Talk], current: Mapping[Key, store.Current], cut: datetime | None
+) -> _Plan:
+    """Rate the next window and say the ledger rows that make its keys agree. Pure (the rater
+    carries the allowances), so a rerate runs it in a thread while the last window is written."""
+    rating = rater.rate(talks)
     desired = {(charge.conversation_id, charge.contract_id): charge for charge in rating.charges}
     posted = {key: known.value for key, known in current.items() if cut is None or known.started_at < cut}
-    postings = plan_postings(desired, posted)
+    return _Plan(rating, posted, plan_postings(desired, posted))
+
+
+async def _apply(
+    conn: asyncpg.Connection, client_id: str, ids: list[str], plan: _Plan, days: _Days | None, reason: str
+) -> int:
+    """Append the plan's ledger rows and the running-state changes they make; `days` are running
+    days read since the last write, if any. Returns the rows appended."""
+    postings, posted = plan.postings, plan.posted
+    if not postings:
+        return 0
     touched = [day for posting in postings for day in (*posting.current.days, posting.current.day)]
     touched += [
         day
@@ -297,24 +375,21 @@ async def _settle(
         if (key := (posting.conversation_id, posting.contract_id)) in posted
         for day in (*posted[key].days, posted[key].day)
     ]
-    if touched and (
-        min(touched) < day - timedelta(days=7) or (last_day is not None and max(touched) > last_day)
-    ):
-        # A key dated far from its start (the client's time zone changed), or a conversation
-        # longer than a day: read the days it touches too.
-        days, _ = await store.load_usage(conn, client.client_id, ids, min(touched), max(touched))
+    if days is None or not days.cover(touched):
+        # A rerate's later windows, a key dated far from its start (the client's time zone
+        # changed), or a conversation longer than a day: read the days the rows touch.
+        rows, _ = await store.load_usage(conn, client_id, ids, min(touched), max(touched))
+        days = _Days(rows, min(touched), max(touched))
     changes = plan_usage(
         (
             (posting.contract_id, posted.get((posting.conversation_id, posting.contract_id)), posting.current)
             for posting in postings
         ),
-        days,
+        days.rows,
     )
-    await store.post(conn, client.client_id, postings, reason)
-    await store.add_usage(conn, client.client_id, changes)
-    return Settlement(
-        {charge.conversation_id: charge for charge in rating.charges}, len(postings), rating.uncovered
-    )
+    await store.post(conn, client_id, postings, reason)
+    await store.add_usage(conn, client_id, changes)
+    return len(postings)
 
 
 def _statuses(resolved: dict[str, str], uncovered: tuple[str, ...]) -> dict[str, str]:
@@ -396,19 +471,37 @@ async def _rerate_from(
         if first is None:
             return Rerated(0, set(gaining), {})
         front = first
+    client_id, contract_ids = client.client_id, [contract.contract_id for contract in contracts]
+    loaded, cut = await _window(conn, client_id, front, reattribute)
+    opened = await _open(conn, client, contracts, contracts, front, cut)
+    plan = _plan(opened.rater, loaded.talks, opened.current, cut)
+    days: _Days | None = opened.days
     postings, charges = 0, {}
     while True:
-        loaded, cut = await _window(conn, client_id, front, reattribute)
-        settlement = await _settle(conn, client, contracts, contracts, front, loaded.talks, cut, reason)
-        statuses = _statuses(loaded.statuses, settlement.uncovered)
-        await store.set_match_statuses(
-            conn, {cid: status for cid, status in statuses.items() if loaded.stored.get(cid) != status}
-        )
-        postings += settlement.postings
-        charges.update(settlement.charges)
-        if cut is None:
+        # The next window is read and rated (in a thread: rating is pure Python) while this one's
+        # rows are written. Reading it first is safe: this window writes only keys and statuses
+        # of conversations started before the cut, and the rater carries the allowances.
+        following: asyncio.Future[_Plan] | None = None
+        if cut is not None:
+            later, later_cut = await _window(conn, client_id, cut, reattribute)
+            current = await store.load_current(conn, client_id, contract_ids, cut, later_cut)
+            following = asyncio.ensure_future(
+                asyncio.to_thread(_plan, opened.rater, later.talks, current, later_cut)
+            )
+        try:
+            postings += await _apply(conn, client_id, contract_ids, plan, days, reason)
+            statuses = _statuses(loaded.statuses, plan.rating.uncovered)
+            await store.set_match_statuses(
+                conn, {cid: status for cid, status in statuses.items() if loaded.stored.get(cid) != status}
+            )
+        except BaseException:
+            if following is not None:
+                await asyncio.gather(following, return_exceptions=True)  # let the thread finish
+            raise
+        charges.update(plan.charges)
+        if following is None:
             return Rerated(postings, set(gaining), charges)
-        front = cut
+        plan, loaded, cut, days = await following, later, later_cut, None
 
 
 async def _window(

@@ -23,7 +23,7 @@ from accounting.contracts import Client, Contract
 from accounting.conversations import Talk, from_ms, parse_conversation
 from accounting.ledger import record_conversation, rerate
 from accounting.postings import state_of
-from accounting.rating import rate_contract
+from accounting.rating import rate_client, rate_contract
 from tests.db import admin, dsn_for, unique_name
 
 pytestmark = pytest.mark.db
@@ -363,6 +363,63 @@ async def test_a_full_rerate_in_windows_equals_rating_everything(
     rows = {r["conversation_id"]: r for r in await conn.fetch("SELECT * FROM talkmeter.current_charges")}
     for charge in expected:
         row = rows[charge.conversation_id]
+        assert (row["free_ms"], row["prepaid_ms"], row["paid_ms"], row["amount"]) == (
+            charge.free_ms,
+            charge.prepaid_ms,
+            charge.paid_ms,
+            charge.amount,
+        )
+    assert await audit.check_client(conn, "C1") == []
+
+
+async def test_a_windowed_rerate_of_two_contracts_with_weekly_limits_equals_rating_everything(
+    pool: asyncpg.Pool, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The windowed rerate rates each window in a thread while the last one is written, carrying
+    the allowances in memory: with a weekly limit, a daily cap, a prepaid package and a second
+    contract for one line (from the middle of the range), windows of two conversations must
+    still give the whole client's rating, and the running state must match the ledger."""
+    await seed(conn)
+    rng = random.Random(11)
+    conversations = []
+    for index in range(36):
+        day = date(2026, 11, 2) + timedelta(days=rng.randrange(21))
+        start = datetime.fromisoformat(
+            f"{day.isoformat()}T{rng.randrange(9, 21):02d}:{rng.randrange(60):02d}:00+03:00"
+        )
+        line = rng.choice(["74950000000", "74950000001"])
+        conversations.append(
+            conversation_dict(
+                f"w{index}", start.isoformat(), (rng.uniform(0, 9), rng.uniform(5, 1300)), line=line
+            )
+        )
+    for data in conversations:
+        await record_conversation(pool, data)
+    everyone = contract(**{**RULES, "free_daily_minutes": 9, "free_days_per_week": 2, "prepaid_minutes": 25})
+    one_line = contract(
+        **{
+            **RULES,
+            "contract_id": "K2",
+            "valid_from": date(2026, 11, 12),
+            "lines": ("74950000001",),
+            "free_daily_minutes": 4,
+        }
+    )
+    await store.save_contract(conn, everyone)
+    await store.save_contract(conn, one_line)
+    monkeypatch.setattr(ledger, "WINDOW", 2)
+    assert (await rerate(pool)).postings > 0
+    expected = rate_client(
+        [everyone, one_line], "Europe/Moscow", [parse_conversation(data).talk for data in conversations]
+    )
+    rows = {
+        (r["conversation_id"], r["contract_id"]): r
+        for r in await conn.fetch("SELECT * FROM talkmeter.current_charges WHERE talk_ms <> 0")
+    }
+    assert {(c.conversation_id, c.contract_id) for c in expected.charges} == set(rows)
+    assert {c.contract_id for c in expected.charges} == {"K1", "K2"}
+    for charge in expected.charges:
+        row = rows[(charge.conversation_id, charge.contract_id)]
         assert (row["free_ms"], row["prepaid_ms"], row["paid_ms"], row["amount"]) == (
             charge.free_ms,
             charge.prepaid_ms,
