@@ -446,3 +446,29 @@ async def test_rerating_a_conversation_whose_segments_were_pruned_changes_nothin
         await rerate(pool, full=True)
     assert await conn.fetchval("SELECT count(*) FROM talkmeter.charges") == rows == 2
     assert await audit.check_client(conn, "C1") == []
+
+
+async def test_what_a_ledger_row_names_stays_referenced_through_its_key(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """Migration 0009 stopped checking a ledger row's conversation, contract and client row by
+    row: its key in current_charges references them. None of them can be deleted while charged,
+    and a ledger row appended without its key is what check-ledger reports."""
+    await seed(conn)
+    await record_conversation(pool, day_of(date(2026, 11, 24), 10, 600))
+    await conn.execute("DELETE FROM talkmeter.conversation_segments")  # as retention may
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="current_charges"):
+        await conn.execute("DELETE FROM talkmeter.conversations WHERE conversation_id = '2026-11-24-10'")
+    with pytest.raises(asyncpg.ForeignKeyViolationError):  # the key, and the running state, name it
+        await conn.execute("DELETE FROM talkmeter.contracts WHERE contract_id = 'K1'")
+    assert await audit.check_client(conn, "C1") == []
+    await conn.execute(
+        """INSERT INTO talkmeter.charges (conversation_id, contract_id, client_id, kind, reason, day,
+               talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms, paid_ms, billable_seconds, amount,
+               currency, over_quota, short_call, tier_changes)
+           SELECT conversation_id, 'K1', 'C1', 'adjustment', 'by hand', day, 0, 0, 0, 0, 0, 0, 0, 5,
+                  'RUB', false, false, '[]'
+             FROM talkmeter.current_charges"""
+    )
+    [mismatch] = [m for m in await audit.check_client(conn, "C1") if m.table == "current_charges"]
+    assert mismatch.key == "2026-11-24-10/K1"
