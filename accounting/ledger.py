@@ -67,6 +67,7 @@ nothing was written and the caller should keep the conversation and try again la
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -474,34 +475,56 @@ async def _rerate_from(
     client_id, contract_ids = client.client_id, [contract.contract_id for contract in contracts]
     loaded, cut = await _window(conn, client_id, front, reattribute)
     opened = await _open(conn, client, contracts, contracts, front, cut)
-    plan = _plan(opened.rater, loaded.talks, opened.current, cut)
+    rater = opened.rater
+    plan = _plan(rater, loaded.talks, opened.current, cut)
     days: _Days | None = opened.days
+    # Windows read ahead of the one being written, each planned in a thread (rating is pure
+    # Python) as soon as it is read and the window before it is planned: the rater carries the
+    # allowances from one to the next. Reading ahead is safe: a window writes only keys and
+    # statuses of conversations started before its cut, and every window read ahead starts after.
+    ahead: deque[tuple[store.ClientTalks, datetime | None, asyncio.Future[_Plan]]] = deque()
+    reading_from, planning = cut, None
+
+    async def read_ahead() -> None:
+        nonlocal reading_from, planning
+        assert reading_from is not None
+        later, later_cut = await _window(conn, client_id, reading_from, reattribute)
+        current = await store.load_current(conn, client_id, contract_ids, reading_from, later_cut)
+        planning = asyncio.ensure_future(_plan_after(planning, rater, later.talks, current, later_cut))
+        ahead.append((later, later_cut, planning))
+        reading_from = later_cut
+
     postings, charges = 0, {}
-    while True:
-        # The next window is read and rated (in a thread: rating is pure Python) while this one's
-        # rows are written. Reading it first is safe: this window writes only keys and statuses
-        # of conversations started before the cut, and the rater carries the allowances.
-        following: asyncio.Future[_Plan] | None = None
-        if cut is not None:
-            later, later_cut = await _window(conn, client_id, cut, reattribute)
-            current = await store.load_current(conn, client_id, contract_ids, cut, later_cut)
-            following = asyncio.ensure_future(
-                asyncio.to_thread(_plan, opened.rater, later.talks, current, later_cut)
-            )
-        try:
+    try:
+        while True:
+            while reading_from is not None and len(ahead) < 2:
+                await read_ahead()
             postings += await _apply(conn, client_id, contract_ids, plan, days, reason)
             statuses = _statuses(loaded.statuses, plan.rating.uncovered)
             await store.set_match_statuses(
                 conn, {cid: status for cid, status in statuses.items() if loaded.stored.get(cid) != status}
             )
-        except BaseException:
-            if following is not None:
-                await asyncio.gather(following, return_exceptions=True)  # let the thread finish
-            raise
-        charges.update(plan.charges)
-        if following is None:
-            return Rerated(postings, set(gaining), charges)
-        plan, loaded, cut, days = await following, later, later_cut, None
+            charges.update(plan.charges)
+            if not ahead:
+                return Rerated(postings, set(gaining), charges)
+            loaded, cut, following = ahead.popleft()
+            plan, days = await following, None
+    finally:
+        # On an error, let the threads finish before the transaction is rolled back.
+        await asyncio.gather(*(task for _, _, task in ahead), return_exceptions=True)
+
+
+async def _plan_after(
+    previous: asyncio.Future[_Plan] | None,
+    rater: ClientRater,
+    talks: list[Talk],
+    current: dict[Key, store.Current],
+    cut: datetime | None,
+) -> _Plan:
+    """Plan a window in a thread once the window before it is planned (the rater is sequential)."""
+    if previous is not None:
+        await previous
+    return await asyncio.to_thread(_plan, rater, talks, current, cut)
 
 
 async def _window(

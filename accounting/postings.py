@@ -110,13 +110,13 @@ def plan_postings(desired: dict[Key, Charge], posted: dict[Key, LedgerState]) ->
 
 def difference(target: LedgerState, have: LedgerState) -> LedgerState:
     days: dict[date, DayCounts] = {}
-    for day in sorted(set(target.days) | set(have.days)):
-        new, old = target.days.get(day, (0, 0, 0, 0)), have.days.get(day, (0, 0, 0, 0))
+    for day in sorted(target.days.keys() | have.days.keys()):
+        new, old = target.days.get(day, _NO_COUNTS), have.days.get(day, _NO_COUNTS)
         delta = (new[0] - old[0], new[1] - old[1], new[2] - old[2], new[3] - old[3])
         if any(delta):
             days[day] = delta
-    return replace(
-        target,
+    return LedgerState(
+        day=target.day,
         talk_ms=target.talk_ms - have.talk_ms,
         hold_ms=target.hold_ms - have.hold_ms,
         excluded_ms=target.excluded_ms - have.excluded_ms,
@@ -125,8 +125,15 @@ def difference(target: LedgerState, have: LedgerState) -> LedgerState:
         paid_ms=target.paid_ms - have.paid_ms,
         billable_seconds=target.billable_seconds - have.billable_seconds,
         amount=target.amount - have.amount,
+        currency=target.currency,
+        over_quota=target.over_quota,
+        short_call=target.short_call,
+        tier_changes=target.tier_changes,
         days=days,
     )
+
+
+_NO_COUNTS: DayCounts = (0, 0, 0, 0)
 
 
 def iso_ms(ms: int) -> str:

@@ -241,10 +241,10 @@ async def load_talks(
     talks = [
         Talk(
             row["conversation_id"],
-            to_ms(row["started_at"]),
+            row["started_ms"],
             row["line"],
             tuple(
-                Interval(to_ms(start), to_ms(end), hold, consultant)
+                Interval(start, end, hold, consultant)
                 for start, end, hold, consultant in zip(
                     row["starts"] or (),
                     row["ends"] or (),
@@ -260,14 +260,14 @@ async def load_talks(
         if talk.talk_ms != row["talk_ms"]:
             raise PrunedConversation(
                 f"conversation {talk.conversation_id} of {client_id} (started "
-                f"{row['started_at'].isoformat()}) has lost its segments (retention): it cannot be rated "
-                "again; re-rate only what started later"
+                f"{from_ms(talk.started_ms).isoformat()}) has lost its segments (retention): it cannot be "
+                "rated again; re-rate only what started later"
             )
     return ClientTalks(
         talks,
         {row["conversation_id"]: row["status"] for row in rows},
         {row["conversation_id"]: row["match_status"] for row in rows},
-        {row["conversation_id"]: to_ms(row["ended_at"]) for row in rows},
+        {row["conversation_id"]: row["ended_ms"] for row in rows},
     )
 
 
@@ -311,16 +311,35 @@ async def load_current(
 ) -> dict[Key, Current]:
     """The current value of the client's ledger keys (of `contract_ids`, None = all) whose
     conversations started in [since, until)."""
-    rows = await conn.fetch(
+    document = await conn.fetchval(
         QUERIES["current_charges"],
         client_id,
         None if contract_ids is None else list(contract_ids),
         since,
         until,
     )
-    return {
-        (row["conversation_id"], row["contract_id"]): Current(row["started_at"], _state(row)) for row in rows
-    }
+    keys = json.loads(document)
+    return {(key[0], key[1]): Current(datetime.fromisoformat(key[2]), _current(key)) for key in keys}
+
+
+def _current(key: list[Any]) -> LedgerState:
+    """A key's value from one entry of the `current_charges` query's document."""
+    return LedgerState(
+        day=date.fromisoformat(key[3]),
+        talk_ms=key[4],
+        hold_ms=key[5],
+        excluded_ms=key[6],
+        free_ms=key[7],
+        prepaid_ms=key[8],
+        paid_ms=key[9],
+        billable_seconds=key[10],
+        amount=Decimal(key[11]),
+        currency=key[12],
+        over_quota=key[13],
+        short_call=key[14],
+        tier_changes=tuple((change["at"], change["tier"]) for change in key[15]),
+        days={date.fromisoformat(day): _counts(counts) for day, counts in key[16].items()},
+    )
 
 
 def _state(row: asyncpg.Record, days: str | None = None) -> LedgerState:
@@ -387,51 +406,39 @@ async def post(conn: asyncpg.Connection, client_id: str, postings: list[Posting]
     """Append the ledger rows (and their per-day rows) and save the keys' current values."""
     if not postings:
         return
-    values = [posting.value for posting in postings]
-    currents = [posting.current for posting in postings]
-    days = [
-        (posting.conversation_id, posting.contract_id, day, counts)
-        for posting in postings
-        for day, counts in sorted(posting.value.days.items())
+    rows = [
+        {
+            "position": position,
+            "conversation_id": posting.conversation_id,
+            "contract_id": posting.contract_id,
+            "kind": posting.kind,
+            **_value_json(posting.value),
+            "current": _value_json(posting.current),
+        }
+        for position, posting in enumerate(postings)
     ]
-    await conn.execute(
-        QUERIES["post"],
-        client_id,
-        reason,
-        [posting.conversation_id for posting in postings],
-        [posting.contract_id for posting in postings],
-        [posting.kind for posting in postings],
-        *_columns(values),
-        [conversation_id for conversation_id, _, _, _ in days],
-        [contract_id for _, contract_id, _, _ in days],
-        [day for _, _, day, _ in days],
-        *([counts[column] for _, _, _, counts in days] for column in range(4)),
-        *_columns(currents),
-        [_days_json(value) for value in currents],
-    )
+    await conn.execute(QUERIES["post"], client_id, reason, json.dumps(rows))
 
 
-def _columns(values: list[LedgerState]) -> list[list[Any]]:
-    """The charges columns from `day` to `tier_changes`, one list each."""
-    return [
-        [value.day for value in values],
-        [value.talk_ms for value in values],
-        [value.hold_ms for value in values],
-        [value.excluded_ms for value in values],
-        [value.free_ms for value in values],
-        [value.prepaid_ms for value in values],
-        [value.paid_ms for value in values],
-        [value.billable_seconds for value in values],
-        [value.amount for value in values],
-        [value.currency for value in values],
-        [value.over_quota for value in values],
-        [value.short_call for value in values],
-        [json.dumps([{"at": at, "tier": tier} for at, tier in value.tier_changes]) for value in values],
-    ]
-
-
-def _days_json(value: LedgerState) -> str:
-    return json.dumps({day.isoformat(): list(counts) for day, counts in sorted(value.days.items())})
+def _value_json(value: LedgerState) -> dict[str, Any]:
+    """A ledger row's columns (or a key's value) as the post statement reads them: amounts and
+    dates as text, so that nothing goes through a float."""
+    return {
+        "day": value.day.isoformat(),
+        "talk_ms": value.talk_ms,
+        "hold_ms": value.hold_ms,
+        "excluded_ms": value.excluded_ms,
+        "free_ms": value.free_ms,
+        "prepaid_ms": value.prepaid_ms,
+        "paid_ms": value.paid_ms,
+        "billable_seconds": value.billable_seconds,
+        "amount": str(value.amount),
+        "currency": value.currency,
+        "over_quota": value.over_quota,
+        "short_call": value.short_call,
+        "tier_changes": [{"at": at, "tier": tier} for at, tier in value.tier_changes],
+        "days": {day.isoformat(): list(counts) for day, counts in sorted(value.days.items())},
+    }
 
 
 async def add_usage(conn: asyncpg.Connection, client_id: str, changes: Running) -> None:

@@ -35,10 +35,11 @@ contribute to the frontier's day (see `ledger` for why that is exact).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from accounting.postings import LedgerState
 from accounting.rating import PriorUsage
@@ -171,28 +172,43 @@ def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -
         _add_contribution(sums, contract_id, after, 1)
         if before is not None:
             _add_contribution(sums, contract_id, before, -1)
-    changed = {key: Usage(*values) for key, values in sums.items() if any(values)}  # type: ignore[arg-type]
-    weeks: dict[DayKey, Week] = defaultdict(Week)
-    totals: dict[str, Usage] = defaultdict(Usage)
-    months: dict[DayKey, Usage] = defaultdict(Usage)
+    changed: dict[DayKey, Usage] = {}
+    weeks: dict[DayKey, list[int]] = {}
+    totals: dict[str, list[int | Decimal]] = {}
+    months: dict[DayKey, list[int | Decimal]] = {}
     new_rows: set[DayKey] = set()
-    for (contract_id, day), delta in sorted(changed.items()):
-        old_free = days_before.get((contract_id, day), Usage()).free_ms
-        counted = (old_free + delta.free_ms > 0) - (old_free > 0)
-        weeks[(contract_id, week_of(day))] += Week(counted, delta.free_ms)
-        totals[contract_id] += delta
-        months[(contract_id, month_of(day))] += delta
-        if (contract_id, day) not in days_before:
-            new_rows.add((contract_id, week_of(day)))
-            new_rows.add((contract_id, month_of(day)))
+    for key, values in sorted(sums.items()):
+        if not any(values):
+            continue
+        changed[key] = Usage(*values)  # type: ignore[arg-type]
+        contract_id, day = key
+        week, month = (contract_id, week_of(day)), (contract_id, day.replace(day=1))
+        existing = days_before.get(key)
+        old_free = 0 if existing is None else existing.free_ms
+        counted = (old_free + values[1] > 0) - (old_free > 0)
+        _add_into(weeks, week, (counted, values[1]))
+        _add_into(totals, contract_id, values)
+        _add_into(months, month, values)
+        if existing is None:
+            new_rows.add(week)
+            new_rows.add(month)
     # A week or month has a row as soon as one of its days has one (weekly_usage lists weeks without
     # free time too), so a new day writes its week and month even when their figures do not change.
     return Running(
         changed,
-        {key: week for key, week in weeks.items() if week != Week() or key in new_rows},
-        {key: total for key, total in totals.items() if not total.is_zero()},
-        {key: month for key, month in months.items() if not month.is_zero() or key in new_rows},
+        {key: Week(*week) for key, week in weeks.items() if any(week) or key in new_rows},
+        {key: Usage(*total) for key, total in totals.items() if any(total)},  # type: ignore[arg-type]
+        {key: Usage(*month) for key, month in months.items() if any(month) or key in new_rows},  # type: ignore[arg-type]
     )
+
+
+def _add_into(sums: dict[Any, list[Any]], key: Any, values: Sequence[Any]) -> None:
+    row = sums.get(key)
+    if row is None:
+        sums[key] = list(values)
+    else:
+        for index, value in enumerate(values):
+            row[index] += value
 
 
 def apply(state: Running, changes: Running) -> Running:

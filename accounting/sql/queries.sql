@@ -150,15 +150,20 @@ SELECT contract_id, client_id, valid_from, valid_to, free_daily_minutes, free_da
 -- The client's conversations that started in [$2, $3) ($3 NULL = open) with their segments
 -- (arrays, in order) and the status each should have: resolved again when $4 (numbers or
 -- assignments changed) or when it had no contract, else the stored one.
-SELECT c.conversation_id, c.started_at, c.ended_at, c.line, c.talk_ms, c.match_status,
+-- Times are epoch milliseconds, rounded half up from the microseconds as `conversations.to_ms`
+-- rounds them (extract gives exact numerics): rating works in milliseconds, and a long history
+-- is thousands of rows, each of which Python would otherwise convert.
+SELECT c.conversation_id, round(extract(epoch FROM c.started_at) * 1000)::bigint AS started_ms,
+       round(extract(epoch FROM c.ended_at) * 1000)::bigint AS ended_ms, c.line, c.talk_ms,
+       c.match_status,
        CASE WHEN $4 OR c.match_status = 'no_contract'
             THEN (SELECT r.status FROM talkmeter.resolve(c.conversation_id, c.client_number) r)
             ELSE c.match_status END AS status,
        s.starts, s.ends, s.holds, s.consultants
   FROM talkmeter.conversations c
  CROSS JOIN LATERAL (
-        SELECT array_agg(g.start_at ORDER BY g.position) AS starts,
-               array_agg(g.end_at ORDER BY g.position) AS ends,
+        SELECT array_agg(round(extract(epoch FROM g.start_at) * 1000)::bigint ORDER BY g.position) AS starts,
+               array_agg(round(extract(epoch FROM g.end_at) * 1000)::bigint ORDER BY g.position) AS ends,
                array_agg(g.hold ORDER BY g.position) AS holds,
                array_agg(g.consultant ORDER BY g.position) AS consultants
           FROM talkmeter.conversation_segments g
@@ -194,10 +199,13 @@ UPDATE talkmeter.conversations c
 
 -- name: current_charges
 -- The current value of the client's ledger keys of contracts $2 (NULL = all) whose
--- conversations started in [$3, $4) ($4 NULL = open).
-SELECT conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
-       prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call,
-       tier_changes::text AS tier_changes, days::text AS days
+-- conversations started in [$3, $4) ($4 NULL = open), as one JSON array of arrays (columns in
+-- the order of `store._current`): a rerate reads thousands at once, and one document is decoded
+-- much faster than a row, and two JSON columns, per key.
+SELECT COALESCE(json_agg(json_build_array(
+           conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
+           prepaid_ms, paid_ms, billable_seconds, amount::text, currency, over_quota, short_call,
+           tier_changes, days)), '[]')::text
   FROM talkmeter.current_charges
  WHERE client_id = $1
    AND ($2::text[] IS NULL OR contract_id = ANY($2::text[]))
@@ -229,16 +237,19 @@ SELECT t.contract_id, NULL,
  WHERE t.client_id = $1 AND t.contract_id = ANY($2::text[]);
 
 -- name: post
--- Appends one client's ledger rows ($3-$18, in that order: a key gets at most one row per call),
--- their per-day rows ($19-$25) and saves the keys' values after them ($26-$40), in one statement.
+-- Appends one client's ledger rows, their per-day rows and saves the keys' values after them, in
+-- one statement. $3 is a JSON array with one object per row, in order (a key gets at most one row
+-- per call): the row's columns, its per-day counts in "days" ({"2026-11-24": [talk, free,
+-- prepaid, paid], ...}) and the key's value after it in "current" (the same columns). One JSON
+-- document rather than an array per column: a whole-history rerate posts thousands of rows, and
+-- the driver checked every element of forty arrays one by one.
 WITH posting AS (
     SELECT *
-      FROM unnest($3::text[], $4::text[], $5::text[], $6::date[], $7::bigint[], $8::bigint[], $9::bigint[],
-                  $10::bigint[], $11::bigint[], $12::bigint[], $13::integer[], $14::numeric[], $15::text[],
-                  $16::boolean[], $17::boolean[], $18::text[])
-           WITH ORDINALITY AS r(conversation_id, contract_id, kind, day, talk_ms, hold_ms, excluded_ms,
-                                free_ms, prepaid_ms, paid_ms, billable_seconds, amount, currency,
-                                over_quota, short_call, tier_changes, position)
+      FROM jsonb_to_recordset($3::jsonb) AS r(
+           position integer, conversation_id text, contract_id text, kind text, day date, talk_ms bigint,
+           hold_ms bigint, excluded_ms bigint, free_ms bigint, prepaid_ms bigint, paid_ms bigint,
+           billable_seconds integer, amount numeric, currency text, over_quota boolean, short_call boolean,
+           tier_changes jsonb, days jsonb, current jsonb)
 ), posted AS (
     INSERT INTO talkmeter.charges (
         conversation_id, contract_id, client_id, kind, reason, day, talk_ms, hold_ms, excluded_ms,
@@ -246,38 +257,38 @@ WITH posting AS (
         tier_changes)
     SELECT r.conversation_id, r.contract_id, $1, r.kind, $2, r.day, r.talk_ms, r.hold_ms, r.excluded_ms,
            r.free_ms, r.prepaid_ms, r.paid_ms, r.billable_seconds, r.amount, r.currency, r.over_quota,
-           r.short_call, r.tier_changes::jsonb
+           r.short_call, r.tier_changes
       FROM posting r
      ORDER BY r.position
     RETURNING charge_id, conversation_id, contract_id
 ), days AS (
     INSERT INTO talkmeter.charge_days (charge_id, client_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
-    SELECT p.charge_id, $1, d.day, d.talk_ms, d.free_ms, d.prepaid_ms, d.paid_ms
-      FROM unnest($19::text[], $20::text[], $21::date[], $22::bigint[], $23::bigint[], $24::bigint[],
-                  $25::bigint[])
-           AS d(conversation_id, contract_id, day, talk_ms, free_ms, prepaid_ms, paid_ms)
+    SELECT p.charge_id, $1, d.key::date, (d.value->>0)::bigint, (d.value->>1)::bigint,
+           (d.value->>2)::bigint, (d.value->>3)::bigint
+      FROM posting r
       JOIN posted p USING (conversation_id, contract_id)
+     CROSS JOIN LATERAL jsonb_each(r.days) AS d
 )
 INSERT INTO talkmeter.current_charges AS cur (
     client_id, conversation_id, contract_id, started_at, day, talk_ms, hold_ms, excluded_ms, free_ms,
     prepaid_ms, paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes,
     days, postings, last_charge_id)
-SELECT $1, c.conversation_id, c.contract_id,
+SELECT $1, r.conversation_id, r.contract_id,
        -- A key's start: kept as it is when the key exists (the row conflicts), else its
        -- conversation's (COALESCE reads the conversation for new keys only).
        COALESCE(k.started_at, (SELECT cv.started_at FROM talkmeter.conversations cv
-                                WHERE cv.conversation_id = c.conversation_id)),
+                                WHERE cv.conversation_id = r.conversation_id)),
        c.day, c.talk_ms, c.hold_ms, c.excluded_ms,
        c.free_ms, c.prepaid_ms, c.paid_ms, c.billable_seconds, c.amount, c.currency, c.over_quota,
-       c.short_call, c.tier_changes::jsonb, c.days::jsonb, 1, p.charge_id
-  FROM unnest($3::text[], $4::text[], $26::date[], $27::bigint[], $28::bigint[], $29::bigint[],
-              $30::bigint[], $31::bigint[], $32::bigint[], $33::bigint[], $34::numeric[], $35::text[],
-              $36::boolean[], $37::boolean[], $38::text[], $39::text[])
-       AS c(conversation_id, contract_id, day, talk_ms, hold_ms, excluded_ms, free_ms, prepaid_ms,
-            paid_ms, billable_seconds, amount, currency, over_quota, short_call, tier_changes, days)
+       c.short_call, c.tier_changes, c.days, 1, p.charge_id
+  FROM posting r
+ CROSS JOIN LATERAL jsonb_to_record(r.current) AS c(
+       day date, talk_ms bigint, hold_ms bigint, excluded_ms bigint, free_ms bigint, prepaid_ms bigint,
+       paid_ms bigint, billable_seconds bigint, amount numeric, currency text, over_quota boolean,
+       short_call boolean, tier_changes jsonb, days jsonb)
   JOIN posted p USING (conversation_id, contract_id)
   LEFT JOIN talkmeter.current_charges k
-    ON k.client_id = $1 AND k.conversation_id = c.conversation_id AND k.contract_id = c.contract_id
+    ON k.client_id = $1 AND k.conversation_id = r.conversation_id AND k.contract_id = r.contract_id
 ON CONFLICT (client_id, conversation_id, contract_id) DO UPDATE
    SET day = EXCLUDED.day, talk_ms = EXCLUDED.talk_ms, hold_ms = EXCLUDED.hold_ms,
        excluded_ms = EXCLUDED.excluded_ms, free_ms = EXCLUDED.free_ms,

@@ -20,7 +20,7 @@ from test_rating_properties import ZONES, contracts, talks
 
 from accounting import audit, ledger, store
 from accounting.contracts import Client, Contract
-from accounting.conversations import Talk, from_ms, parse_conversation
+from accounting.conversations import Talk, from_ms, parse_conversation, to_ms
 from accounting.ledger import record_conversation, rerate
 from accounting.postings import state_of
 from accounting.rating import rate_client, rate_contract
@@ -472,3 +472,34 @@ async def test_what_a_ledger_row_names_stays_referenced_through_its_key(
     )
     [mismatch] = [m for m in await audit.check_client(conn, "C1") if m.table == "current_charges"]
     assert mismatch.key == "2026-11-24-10/K1"
+
+
+async def test_times_read_for_rating_round_to_milliseconds_as_parsing_does(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    """load_talks has PostgreSQL turn times into epoch milliseconds; on the half millisecond they
+    must round as `to_ms` does when a conversation is parsed, or a re-rate would differ from the
+    recording."""
+    await seed(conn)
+    data = {
+        **conversation_dict("halves", "2026-11-24T10:00:00+03:00", (1, 60)),
+        "started_at": "2026-11-24T10:00:00.000500+03:00",
+        "ended_at": "2026-11-24T10:01:01.999500+03:00",
+        "segments": [
+            {
+                "start": "2026-11-24T10:00:01.000499+03:00",
+                "end": "2026-11-24T10:00:30.001500+03:00",
+                "hold": False,
+            },
+            {
+                "start": "2026-11-24T10:00:30.001500+03:00",
+                "end": "2026-11-24T10:01:01.999501+03:00",
+                "hold": True,
+            },
+        ],
+    }
+    await record_conversation(pool, data)
+    loaded = await store.load_talks(conn, "C1", datetime.fromisoformat("2026-11-24T00:00:00+03:00"), None)
+    parsed = parse_conversation(data)
+    assert loaded.talks == [parsed.talk]
+    assert loaded.ends_ms == {"halves": to_ms(parsed.ended_at)}
