@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from accounting.values import value_class
 from telephony.framing import printable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -27,7 +28,7 @@ class InvalidConversation(ValueError):
     """The conversation dict is malformed; retrying will not help."""
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Interval:
     """A stretch of talk with one consultant, or of hold when `hold` is true."""
 
@@ -41,7 +42,7 @@ class Interval:
         return self.end_ms - self.start_ms
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Talk:
     """What rating needs of a conversation: who, when, on which line, and the talk intervals."""
 

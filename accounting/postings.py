@@ -12,13 +12,14 @@ Each posting also carries the key's value once its row is appended (`current`), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import date
 from decimal import Decimal
 from typing import Literal
 
 from accounting.conversations import from_ms
 from accounting.rating import Charge
+from accounting.values import value_class
 
 Key = tuple[str, str]
 """(conversation_id, contract_id)"""
@@ -27,7 +28,7 @@ DayCounts = tuple[int, int, int, int]
 """talk, free, prepaid, paid milliseconds of one local day"""
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class LedgerState:
     """The value of one key: additive amounts, and the non-additive facts as of the latest row."""
 
@@ -57,7 +58,7 @@ class LedgerState:
         return LedgerState(day=self.day, currency=self.currency)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Posting:
     conversation_id: str
     contract_id: str

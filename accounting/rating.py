@@ -72,6 +72,7 @@ from zoneinfo import ZoneInfo
 
 from accounting.contracts import Contract
 from accounting.conversations import Interval, Talk, from_ms, to_ms
+from accounting.values import value_class
 
 Tier = Literal["free", "prepaid", "paid"]
 TIERS: tuple[Tier, ...] = ("free", "prepaid", "paid")
@@ -79,7 +80,7 @@ TIERS: tuple[Tier, ...] = ("free", "prepaid", "paid")
 CENT = Decimal("0.01")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class DayUsage:
     """One conversation's milliseconds on one client-local day."""
 
@@ -90,13 +91,13 @@ class DayUsage:
     paid_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class TierChange:
     at_ms: int
     tier: Tier
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Charge:
     conversation_id: str
     contract_id: str
@@ -116,7 +117,7 @@ class Charge:
     days: tuple[DayUsage, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PriorUsage:
     """What conversations rated earlier consumed of a contract's allowances, when they all
     ended before the first conversation now being rated started (see `ledger`): free
@@ -127,7 +128,7 @@ class PriorUsage:
     prepaid_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ClientRating:
     charges: tuple[Charge, ...]
     uncovered: tuple[str, ...]

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from accounting.postings import LedgerState
 from accounting.rating import PriorUsage
+from accounting.values import value_class
 
 DayKey = tuple[str, date]
 """(contract_id, client-local day); for weeks the ISO week's Monday, for months their first day."""
@@ -50,7 +51,7 @@ DayKey = tuple[str, date]
 ZERO = Decimal("0.00")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Usage:
     """Additive usage of a contract on one day, or in total."""
 
@@ -91,7 +92,7 @@ class Usage:
         return self == Usage()
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Week:
     """A contract's ISO week: days with free time (slots taken) and their free milliseconds."""
 
@@ -102,7 +103,7 @@ class Week:
         return Week(self.free_days + other.free_days, self.free_ms + other.free_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Running:
     """Running state (or changes to it): per (contract, day), per (contract, week), per contract,
     per (contract, month)."""

@@ -3,17 +3,22 @@ dependency rule (the rating core imports no I/O, accounting imports nothing of t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from accounting_helpers import contract, conversation_dict, talk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from accounting import store
 from accounting.conversations import InvalidConversation, parse_conversation
-from accounting.postings import LedgerState, plan_postings, state_of
+from accounting.postings import LedgerState, Posting, plan_postings, state_of
 from accounting.queries import parse_queries
 from accounting.rating import rate_contract
 from telephony.numbers import normalize as normalize_number
@@ -141,3 +146,58 @@ def test_microseconds_round_half_up_to_milliseconds() -> None:
 def test_dependency_rule(modules: str, forbidden: str) -> None:
     script = f"import sys, {', '.join(modules.split())}; sys.exit({forbidden!r} in sys.modules)"
     assert subprocess.run([sys.executable, "-c", script], check=False).returncode == 0
+
+
+ledger_states = st.builds(
+    LedgerState,
+    day=st.dates(date(2000, 1, 1), date(2100, 1, 1)),
+    talk_ms=st.integers(-(10**12), 10**12),
+    hold_ms=st.integers(-(10**12), 10**12),
+    excluded_ms=st.integers(-(10**12), 10**12),
+    free_ms=st.integers(-(10**12), 10**12),
+    prepaid_ms=st.integers(-(10**12), 10**12),
+    paid_ms=st.integers(-(10**12), 10**12),
+    billable_seconds=st.integers(-(10**9), 10**9),
+    amount=st.decimals(-(10**12), 10**12, places=2),
+    currency=st.none() | st.text(max_size=3),
+    over_quota=st.booleans(),
+    short_call=st.booleans(),
+    tier_changes=st.lists(st.tuples(st.text(), st.sampled_from(["free", "prepaid", "paid"])), max_size=3).map(
+        tuple
+    ),
+    days=st.dictionaries(
+        st.dates(date(2000, 1, 1), date(2100, 1, 1)),
+        st.tuples(*[st.integers(-(10**12), 10**12)] * 4),
+        max_size=3,
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ledger_states, ledger_states, st.text(), st.text())
+def test_the_post_statement_reads_what_was_posted(
+    value: LedgerState, current: LedgerState, conversation_id: str, contract_id: str
+) -> None:
+    """`store.post` writes its JSON by hand (for speed); whatever the strings hold, it must be the
+    JSON of exactly these values, amounts as exact text."""
+    posting = Posting(conversation_id, contract_id, "adjustment", value, current)
+    text = store.post_document([posting])
+    [row] = json.loads(text)
+    assert row.pop("position") == 0
+    assert (row.pop("conversation_id"), row.pop("contract_id"), row.pop("kind")) == (
+        conversation_id,
+        contract_id,
+        "adjustment",
+    )
+    assert _read_back(row.pop("current")) == current
+    assert _read_back(row) == value
+
+
+def _read_back(members: dict[str, Any]) -> LedgerState:
+    return LedgerState(
+        day=date.fromisoformat(members.pop("day")),
+        amount=Decimal(members.pop("amount")),
+        tier_changes=tuple((change["at"], change["tier"]) for change in members.pop("tier_changes")),
+        days={date.fromisoformat(day): tuple(counts) for day, counts in members.pop("days").items()},
+        **members,
+    )
