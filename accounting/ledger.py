@@ -129,6 +129,8 @@ class Settlement:
 
 WINDOW = 2_000
 """How many conversations `rerate` rates at once (more when they overlap all the way)."""
+FIRST_WINDOW = 250
+"""The first window's size: nothing overlaps its rating."""
 
 
 async def record_conversation(pool: asyncpg.Pool, conversation: Mapping[str, Any]) -> RecordResult:
@@ -410,7 +412,7 @@ async def rerate(pool: asyncpg.Pool, client_id: str | None = None, full: bool = 
     each queued client (or `client_id` only, and whoever gains its conversations) from the moment
     its rating may differ. With `full`, every client (or `client_id`) is queued from its first
     conversation first."""
-    async with _retryable(), pool.acquire() as conn:
+    async with _retryable(), pool.acquire() as conn, _spare(pool) as reader:
         if full:
             async with conn.transaction():
                 await conn.execute(QUERIES["queue_every_client"], client_id)
@@ -420,7 +422,7 @@ async def rerate(pool: asyncpg.Pool, client_id: str | None = None, full: bool = 
         postings = 0
         while todo := [c for c in await store.pending_clients(conn) if scope is None or c in scope]:
             for target in todo:
-                posted, gaining = await _rerate_client(conn, target)
+                posted, gaining = await _rerate_client(conn, target, reader)
                 clients.add(target)
                 postings += posted
                 if scope is not None:
@@ -428,13 +430,26 @@ async def rerate(pool: asyncpg.Pool, client_id: str | None = None, full: bool = 
         return RerateSummary(len(clients), postings)
 
 
-async def _rerate_client(conn: asyncpg.Connection, client_id: str) -> tuple[int, set[str]]:
+@asynccontextmanager
+async def _spare(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection | None]:
+    """A second connection, for reading a long rerate's windows ahead while the first one writes,
+    if the pool has one to spare now (None: the rerate reads on its own connection)."""
+    if pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
+        yield None
+        return
+    async with pool.acquire() as reader:
+        yield reader
+
+
+async def _rerate_client(
+    conn: asyncpg.Connection, client_id: str, reader: asyncpg.Connection | None = None
+) -> tuple[int, set[str]]:
     """Settle one queued client; returns the rows posted and the clients its conversations moved to."""
     postings, gaining = 0, set[str]()
     async with conn.transaction():
         await store.lock_client(conn, client_id)
         while (mark := await store.pending_rerate(conn, client_id)) is not None:
-            rerated = await _rerate_from(conn, client_id, mark.since, mark.reattribute)
+            rerated = await _rerate_from(conn, client_id, mark.since, mark.reattribute, reader=reader)
             postings += rerated.postings
             gaining |= rerated.gaining
             if await store.finish_rerate(conn, client_id, mark.revision):
@@ -452,7 +467,12 @@ class Rerated:
 
 
 async def _rerate_from(
-    conn: asyncpg.Connection, client_id: str, since: datetime, reattribute: bool, reason: str = "rerate"
+    conn: asyncpg.Connection,
+    client_id: str,
+    since: datetime,
+    reattribute: bool,
+    reason: str = "rerate",
+    reader: asyncpg.Connection | None = None,
 ) -> Rerated:
     client = await store.load_client(conn, client_id)
     if client is None:
@@ -472,8 +492,24 @@ async def _rerate_from(
         if first is None:
             return Rerated(0, set(gaining), {})
         front = first
+    postings, charges = await _rerate_windows(conn, reader, client, contracts, front, reattribute, reason)
+    return Rerated(postings, set(gaining), charges)
+
+
+async def _rerate_windows(
+    conn: asyncpg.Connection,
+    reader: asyncpg.Connection | None,
+    client: Client,
+    contracts: list[Contract],
+    front: datetime,
+    reattribute: bool,
+    reason: str,
+) -> tuple[int, dict[str, Charge]]:
+    """Re-rate the client's contracts from the frontier `front` on, window by window; returns the
+    ledger rows posted and the charges."""
     client_id, contract_ids = client.client_id, [contract.contract_id for contract in contracts]
-    loaded, cut = await _window(conn, client_id, front, reattribute)
+    # A small first window: it is rated before anything else can overlap it.
+    loaded, cut = await _window(conn, client_id, front, reattribute, FIRST_WINDOW)
     opened = await _open(conn, client, contracts, contracts, front, cut)
     rater = opened.rater
     plan = _plan(rater, loaded.talks, opened.current, cut)
@@ -482,23 +518,32 @@ async def _rerate_from(
     # Python) as soon as it is read and the window before it is planned: the rater carries the
     # allowances from one to the next. Reading ahead is safe: a window writes only keys and
     # statuses of conversations started before its cut, and every window read ahead starts after.
+    # With a `reader` (a second connection: see `rerate`), the reads run while this connection
+    # writes; they see what is committed, which for the windows ahead is what this transaction
+    # sees, unless conversations are re-attributed in it (then it reads them itself).
     ahead: deque[tuple[store.ClientTalks, datetime | None, asyncio.Future[_Plan]]] = deque()
     reading_from, planning = cut, None
+    source = conn if reader is None or reattribute else reader
 
     async def read_ahead() -> None:
         nonlocal reading_from, planning
-        assert reading_from is not None
-        later, later_cut = await _window(conn, client_id, reading_from, reattribute)
-        current = await store.load_current(conn, client_id, contract_ids, reading_from, later_cut)
-        planning = asyncio.ensure_future(_plan_after(planning, rater, later.talks, current, later_cut))
-        ahead.append((later, later_cut, planning))
-        reading_from = later_cut
+        while reading_from is not None and len(ahead) < 2:
+            later, later_cut = await _window(source, client_id, reading_from, reattribute)
+            current = await store.load_current(source, client_id, contract_ids, reading_from, later_cut)
+            planning = asyncio.ensure_future(_plan_after(planning, rater, later.talks, current, later_cut))
+            ahead.append((later, later_cut, planning))
+            reading_from = later_cut
 
-    postings, charges = 0, {}
+    postings, charges = 0, dict[str, Charge]()
+    reading: asyncio.Future[None] | None = None
     try:
         while True:
-            while reading_from is not None and len(ahead) < 2:
-                await read_ahead()
+            if reading is None or reading.done():
+                if reading is not None:
+                    await reading  # its error, if any
+                reading = asyncio.ensure_future(read_ahead())
+                if source is conn:
+                    await reading
             postings += await _apply(conn, client_id, contract_ids, plan, days, reason)
             statuses = _statuses(loaded.statuses, plan.rating.uncovered)
             await store.set_match_statuses(
@@ -506,11 +551,15 @@ async def _rerate_from(
             )
             charges.update(plan.charges)
             if not ahead:
-                return Rerated(postings, set(gaining), charges)
+                await reading
+            if not ahead:
+                return postings, charges
             loaded, cut, following = ahead.popleft()
             plan, days = await following, None
     finally:
-        # On an error, let the threads finish before the transaction is rolled back.
+        # On an error, let the reads and the threads finish before the transaction is rolled back.
+        if reading is not None:
+            await asyncio.gather(reading, return_exceptions=True)
         await asyncio.gather(*(task for _, _, task in ahead), return_exceptions=True)
 
 
@@ -528,11 +577,12 @@ async def _plan_after(
 
 
 async def _window(
-    conn: asyncpg.Connection, client_id: str, front: datetime, reattribute: bool
+    conn: asyncpg.Connection, client_id: str, front: datetime, reattribute: bool, size: int | None = None
 ) -> tuple[store.ClientTalks, datetime | None]:
     """The client's conversations from the frontier `front` up to the next frontier after about
-    WINDOW of them (None when they reach the end), resolved again when `reattribute`."""
-    count = WINDOW
+    `size` (default WINDOW) of them (None when they reach the end), resolved again when
+    `reattribute`."""
+    count = size or WINDOW
     while True:
         end = await store.nth_start(conn, client_id, front, count)
         loaded = await store.load_talks(conn, client_id, front, end, resolve=reattribute)

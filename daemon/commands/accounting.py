@@ -279,7 +279,8 @@ def _run(args: argparse.Namespace, job: Callable[[asyncpg.Pool], Awaitable[int]]
 
 
 async def _with_pool(dsn: str, job: Callable[[asyncpg.Pool], Awaitable[int]], check: bool) -> int:
-    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+    # Two connections: a long rerate reads ahead on the second (see ledger.rerate).
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
         if check:
             async with pool.acquire() as conn:
                 await check_schema(conn)
