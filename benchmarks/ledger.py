@@ -747,7 +747,7 @@ def typical_client(firm: Firm) -> Client:
 async def measure_rerate(dsn: str, firm: Firm, big: bool) -> None:
     client = typical_client(firm)
     contract = firm.contracts[client.client_id]
-    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:  # as `talkmeter rerate`
         async with pool.acquire() as conn:
             history = await conn.fetchval(
                 "SELECT count(*) FROM talkmeter.current_charges WHERE client_id = $1", client.client_id
