@@ -37,12 +37,13 @@ rating may differ (`pending_rerates`). `rerate` takes each queued client in one 
 its lock: it re-attributes the client's conversations from that moment (a conversation another
 client now owns is released, and that client queued), then re-rates all its contracts from the
 frontier of that moment on, in windows of about WINDOW conversations that end where no
-conversation straddles. The first window is rated from the running state, like a recording; the
-rater then carries the allowances from window to window in memory (`rating.ClientRater`), so the
-next window is read and rated, in a thread, while the rows of the last one are written: rating is
-Python and writing is PostgreSQL, and the two overlap on two cores. It reads the affected range
-only and holds two windows in memory. `rerate --full` queues every client from its first
-conversation. Recordings of a client wait while it is re-rated.
+conversation straddles. The first (small) window is rated from the running state, like a
+recording; the rater then carries the allowances from window to window in memory
+(`rating.ClientRater`), so the next windows are read ahead (on a second connection when the pool
+has one to spare) and rated in a thread while the rows of the one before are written: rating is
+Python and writing is PostgreSQL, and the two overlap. It reads the affected range only and holds
+up to three windows in memory. `rerate --full` queues every client from its first conversation.
+Recordings of a client wait while it is re-rated.
 
 Several instances may record the same conversation (the standby set-up, see `versions`): each
 arrival takes the conversation's transaction lock first, then compares itself with the version
@@ -355,8 +356,9 @@ async def _open(
 def _plan(
     rater: ClientRater, talks: list[Talk], current: Mapping[Key, store.Current], cut: datetime | None
 ) -> _Plan:
-    """Rate the next window and say the ledger rows that make its keys agree. Pure (the rater
-    carries the allowances), so a rerate runs it in a thread while the last window is written."""
+    """Rate the next window and say the ledger rows that make its keys agree. No I/O: only the
+    rater changes (it carries the allowances), so a rerate runs it in a thread while the window
+    before is written."""
     rating = rater.rate(talks)
     desired = {(charge.conversation_id, charge.contract_id): charge for charge in rating.charges}
     posted = {key: known.value for key, known in current.items() if cut is None or known.started_at < cut}
