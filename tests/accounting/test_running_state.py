@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -372,13 +373,19 @@ async def test_a_full_rerate_in_windows_equals_rating_everything(
     assert await audit.check_client(conn, "C1") == []
 
 
+@pytest.mark.parametrize("connections", [1, 2])
 async def test_a_windowed_rerate_of_two_contracts_with_weekly_limits_equals_rating_everything(
-    pool: asyncpg.Pool, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
+    db_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    connections: int,
 ) -> None:
     """The windowed rerate rates each window in a thread while the last one is written, carrying
     the allowances in memory: with a weekly limit, a daily cap, a prepaid package and a second
     contract for one line (from the middle of the range), windows of two conversations must
-    still give the whole client's rating, and the running state must match the ledger."""
+    still give the whole client's rating, and the running state must match the ledger; whether
+    the windows ahead are read on a second connection of the pool or, with one, on its own."""
     await seed(conn)
     rng = random.Random(11)
     conversations = []
@@ -408,7 +415,20 @@ async def test_a_windowed_rerate_of_two_contracts_with_weekly_limits_equals_rati
     await store.save_contract(conn, everyone)
     await store.save_contract(conn, one_line)
     monkeypatch.setattr(ledger, "WINDOW", 2)
-    assert (await rerate(pool)).postings > 0
+    monkeypatch.setattr(ledger, "FIRST_WINDOW", 2)
+    readers: list[asyncpg.Connection | None] = []
+    spare = ledger._spare
+
+    @asynccontextmanager
+    async def watched(of: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection | None]:
+        async with spare(of) as reader:
+            readers.append(reader)
+            yield reader
+
+    monkeypatch.setattr(ledger, "_spare", watched)
+    async with asyncpg.create_pool(db_dsn, min_size=1, max_size=connections) as own:
+        assert (await rerate(own)).postings > 0
+    assert [reader is not None for reader in readers] == [connections == 2]
     expected = rate_client(
         [everyone, one_line], "Europe/Moscow", [parse_conversation(data).talk for data in conversations]
     )
