@@ -128,7 +128,7 @@ class Settlement:
     uncovered: tuple[str, ...] = ()
 
 
-WINDOW = 2_000
+WINDOW = 1_000
 """How many conversations `rerate` rates at once (more when they overlap all the way)."""
 FIRST_WINDOW = 250
 """The first window's size: nothing overlaps its rating."""
