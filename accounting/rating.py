@@ -244,7 +244,13 @@ def local_date(ms: int, zone: ZoneInfo) -> date:
     offset = _hour_offset_ms(zone, ms // _HOUR_MS)
     if offset is None:  # the offset changes within this hour
         return from_ms(ms).astimezone(zone).date()
-    return date.fromordinal(_EPOCH_ORDINAL + (ms + offset) // _DAY_MS)
+    number = (ms + offset) // _DAY_MS
+    day = _DATES.get(number)
+    if day is None:
+        if len(_DATES) >= _DATES_KEPT:
+            _DATES.clear()
+        day = _DATES[number] = date.fromordinal(_EPOCH_ORDINAL + number)
+    return day
 
 
 @lru_cache(maxsize=1 << 15)
@@ -253,6 +259,10 @@ def local_midnight_ms(day: date, zone: ZoneInfo) -> int:
     00:00), `fold=0` reads it with the offset before the jump, which is the jump's instant."""
     return to_ms(datetime.combine(day, time(), tzinfo=zone))
 
+
+_DATES: dict[int, date] = {}
+"""Dates by their number of days since 1970 (building a date was half of `local_date`)."""
+_DATES_KEPT = 1 << 16
 
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
@@ -419,8 +429,16 @@ def _days(talk: Talk, meter: _Meter, zone: ZoneInfo) -> tuple[DayUsage, ...]:
 
 def _split_by_day(interval: Interval, zone: ZoneInfo) -> Iterator[tuple[date, int]]:
     start = interval.start_ms
+    day = local_date(start, zone)
+    if interval.end_ms <= local_midnight_ms(day + _ONE_DAY, zone):  # most intervals: one day
+        if interval.end_ms > start:
+            yield day, interval.end_ms - start
+        return
     for midnight in _midnights(interval.start_ms, interval.end_ms, zone):
         yield local_date(start, zone), midnight - start
         start = midnight
     if interval.end_ms > start:
         yield local_date(start, zone), interval.end_ms - start
+
+
+_ONE_DAY = timedelta(days=1)
