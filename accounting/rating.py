@@ -75,7 +75,6 @@ from accounting.conversations import Interval, Talk, from_ms, to_ms
 from accounting.values import value_class
 
 Tier = Literal["free", "prepaid", "paid"]
-TIERS: tuple[Tier, ...] = ("free", "prepaid", "paid")
 
 CENT = Decimal("0.01")
 
@@ -344,16 +343,29 @@ class _Meter:
     changes: list[TierChange] = field(default_factory=list)
 
     def add(self, day: date, start: int, free: int, prepaid: int, paid: int) -> None:
-        usage = self.days.setdefault(day, [0, 0, 0])
+        usage = self.days.get(day)
+        if usage is None:
+            usage = self.days[day] = [0, 0, 0]
         at = start
-        for index, (tier, ms) in enumerate(zip(TIERS, (free, prepaid, paid), strict=True)):
-            if ms == 0:
-                continue
-            if not self.changes or self.changes[-1].tier != tier:
-                self.changes.append(TierChange(at, tier))
-            self.tiers[tier] += ms
-            usage[index] += ms
-            at += ms
+        # Written out tier by tier: this runs for every stretch of every conversation.
+        if free:
+            self._enter("free", at)
+            self.tiers["free"] += free
+            usage[0] += free
+            at += free
+        if prepaid:
+            self._enter("prepaid", at)
+            self.tiers["prepaid"] += prepaid
+            usage[1] += prepaid
+            at += prepaid
+        if paid:
+            self._enter("paid", at)
+            self.tiers["paid"] += paid
+            usage[2] += paid
+
+    def _enter(self, tier: Tier, at: int) -> None:
+        if not self.changes or self.changes[-1].tier != tier:
+            self.changes.append(TierChange(at, tier))
 
 
 class _Pools:
@@ -419,12 +431,16 @@ def _charge(contract: Contract, zone: ZoneInfo, talk: Talk, meter: _Meter, short
 
 
 def _days(talk: Talk, meter: _Meter, zone: ZoneInfo) -> tuple[DayUsage, ...]:
-    talk_by_day: dict[date, int] = defaultdict(int)
+    talk_by_day: dict[date, int] = {}
     for interval in talk.intervals:
         for day, ms in _split_by_day(interval, zone):
-            talk_by_day[day] += ms
+            talk_by_day[day] = talk_by_day.get(day, 0) + ms
+    if len(talk_by_day) == 1 and talk_by_day.keys() >= meter.days.keys():  # talked on one day
+        [(day, talk_ms)] = talk_by_day.items()
+        free, prepaid, paid = meter.days.get(day, (0, 0, 0))
+        return (DayUsage(day, talk_ms, free, prepaid, paid),)
     days = sorted(set(talk_by_day) | set(meter.days))
-    return tuple(DayUsage(day, talk_by_day[day], *meter.days.get(day, (0, 0, 0))) for day in days)
+    return tuple(DayUsage(day, talk_by_day.get(day, 0), *meter.days.get(day, (0, 0, 0))) for day in days)
 
 
 def _split_by_day(interval: Interval, zone: ZoneInfo) -> Iterator[tuple[date, int]]:
