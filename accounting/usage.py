@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import field
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from accounting.postings import LedgerState
 from accounting.rating import PriorUsage
@@ -129,21 +129,18 @@ def month_of(day: date) -> date:
 
 def contribution(contract_id: str, value: LedgerState) -> dict[DayKey, Usage]:
     """What one key's value adds to its contract's day rows."""
-    rows = {(contract_id, day): Usage(*counts) for day, counts in value.days.items()}
-    conversations = 1 if value.talk_ms != 0 else 0
-    if conversations or value.billable_seconds or value.amount:
-        started = Usage(
-            conversations=conversations, billable_seconds=value.billable_seconds, amount=value.amount
-        )
-        key = (contract_id, value.day)
-        rows[key] = rows[key] + started if key in rows else started
-    return rows
+    sums: dict[DayKey, list[int | Decimal]] = {}
+    _add_contribution(sums, contract_id, value, 1)
+    return {key: _usage(values) for key, values in sums.items()}
 
 
 def _add_contribution(
     sums: dict[DayKey, list[int | Decimal]], contract_id: str, value: LedgerState, sign: int
 ) -> None:
-    """Add `contribution(contract_id, value)` times `sign` to `sums` (see `plan_usage`)."""
+    """Add what one key's value adds to its contract's day rows, times `sign`, to `sums`: per day,
+    (talk, free, prepaid, paid, conversations, billable seconds, amount). Plain lists, not
+    `Usage`: a whole-history rerate changes thousands of keys, and dataclass arithmetic was most
+    of `plan_usage`'s cost."""
     for day, (talk, free, prepaid, paid) in value.days.items():
         row = sums.get((contract_id, day))
         if row is None:
@@ -161,13 +158,16 @@ def _add_contribution(
         row[6] += sign * value.amount
 
 
+def _usage(values: list[int | Decimal]) -> Usage:
+    """The `Usage` of a list `_add_contribution` summed (six ints, then the amount)."""
+    return Usage(*cast(list[Any], values))
+
+
 def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -> Running:
     """The changes to add to the running state when keys move from their value before to after.
 
     `days_before` must hold the running state of every day the changes touch (a missing day has
     no row yet); the week counts are derived from it."""
-    # Summed in plain lists (talk, free, prepaid, paid, conversations, billable, amount): a
-    # whole-history rerate changes thousands of keys, and dataclass arithmetic was most of its cost.
     sums: dict[DayKey, list[int | Decimal]] = {}
     for contract_id, before, after in changes:
         _add_contribution(sums, contract_id, after, 1)
@@ -181,9 +181,9 @@ def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -
     for key, values in sorted(sums.items()):
         if not any(values):
             continue
-        changed[key] = Usage(*values)  # type: ignore[arg-type]
+        changed[key] = _usage(values)
         contract_id, day = key
-        week, month = (contract_id, week_of(day)), (contract_id, day.replace(day=1))
+        week, month = (contract_id, week_of(day)), (contract_id, month_of(day))
         existing = days_before.get(key)
         old_free = 0 if existing is None else existing.free_ms
         counted = (old_free + values[1] > 0) - (old_free > 0)
@@ -198,8 +198,8 @@ def plan_usage(changes: Iterable[Change], days_before: Mapping[DayKey, Usage]) -
     return Running(
         changed,
         {key: Week(*week) for key, week in weeks.items() if any(week) or key in new_rows},
-        {key: Usage(*total) for key, total in totals.items() if any(total)},  # type: ignore[arg-type]
-        {key: Usage(*month) for key, month in months.items() if any(month) or key in new_rows},  # type: ignore[arg-type]
+        {key: _usage(total) for key, total in totals.items() if any(total)},
+        {key: _usage(month) for key, month in months.items() if any(month) or key in new_rows},
     )
 
 
